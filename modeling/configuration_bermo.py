@@ -1,0 +1,172 @@
+"""BERMo model configuration: a BERT configuration plus the fields of the layer mix.
+
+This file travels with every BERMo checkpoint (`trust_remote_code=True`): it imports only `transformers`
+and defines classes, nothing else.
+"""
+
+from transformers import PretrainedConfig
+
+# Version of the BERMo code that wrote a checkpoint; recorded in its config.json.
+BERMO_VERSION = "0.1.0"
+
+# Logit given to the representations left out by `mix_init="last"`. softmax then puts weight exp(-20) ~ 2e-9 on
+# each of them, so the last layer's weight is exactly 1.0 in float32 and the mix equals the last layer to float
+# precision, while the others still receive a (tiny) gradient.
+LAST_INIT_OTHER_LOGIT = -20.0
+
+
+class BermoConfig(PretrainedConfig):
+    r"""
+    Configuration of a BERMo model: BERT whose task heads read a learned scalar mix of every layer,
+    `m = scale * sum_j softmax(logits)_j * h_j`, over the embedding output `h_0` and the encoder outputs `h_1..h_L`.
+
+    The BERT fields and their defaults are those of `BertConfig` (bert-base-uncased). The mix fields:
+
+    Args:
+        mix_layers (`list[int]`, *optional*):
+            The representations to mix, as indices into `0..num_hidden_layers` (0 is the embedding output, `L` the
+            last layer); negative indices count from the end (-1 is the last layer). Defaults to all `L + 1`.
+            Duplicates are refused. The mix logits are ordered like the sorted, resolved indices.
+        mix_init (`str` or `list[float]`, *optional*, defaults to `"uniform"`):
+            `"uniform"`: zero logits, every mixed representation weighs the same (as ELMo and AllenNLP's ScalarMix).
+            `"last"`: all the weight on the last layer, so the model's outputs equal BERT's to float precision.
+            A list of floats: the initial logits, one per mixed representation.
+        mix_trainable (`bool`, *optional*, defaults to `True`):
+            Whether the mix logits and the scale are learned.
+        mix_layer_norm (`bool`, *optional*, defaults to `False`):
+            Apply a per-token layer norm (no affine parameters) to every representation before mixing.
+        mix_dropout (`float`, *optional*, defaults to 0.0):
+            Layer dropout: in training, each representation is left out of the mix with this probability (the
+            softmax is taken over the ones kept); at least one is always kept. Never applied in evaluation.
+    """
+
+    model_type = "bermo"
+    _auto_class = "AutoConfig"
+
+    def __init__(
+        self,
+        vocab_size=30522,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        hidden_act="gelu",
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+        max_position_embeddings=512,
+        type_vocab_size=2,
+        initializer_range=0.02,
+        layer_norm_eps=1e-12,
+        pad_token_id=0,
+        position_embedding_type="absolute",
+        use_cache=True,
+        classifier_dropout=None,
+        mix_layers=None,
+        mix_init="uniform",
+        mix_trainable=True,
+        mix_layer_norm=False,
+        mix_dropout=0.0,
+        **kwargs,
+    ):
+        if kwargs.get("is_decoder") or kwargs.get("add_cross_attention"):
+            raise ValueError("is_decoder/add_cross_attention: BERMo is an encoder-only model; both must be False")
+        kwargs.setdefault("is_decoder", False)
+        kwargs.setdefault("add_cross_attention", False)
+        kwargs.setdefault("bermo_version", BERMO_VERSION)
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.max_position_embeddings = max_position_embeddings
+        self.type_vocab_size = type_vocab_size
+        self.initializer_range = initializer_range
+        self.layer_norm_eps = layer_norm_eps
+        self.position_embedding_type = position_embedding_type
+        self.use_cache = use_cache
+        self.classifier_dropout = classifier_dropout
+        self.mix_layers = None if mix_layers is None else list(mix_layers)
+        self.mix_init = mix_init if isinstance(mix_init, str) else list(mix_init)
+        self.mix_trainable = mix_trainable
+        self.mix_layer_norm = mix_layer_norm
+        self.mix_dropout = mix_dropout
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+        self._validate_mix()
+
+    @property
+    def mix_layer_indices(self):
+        """The mixed representations as sorted indices into `0..num_hidden_layers` (0 = embedding output)."""
+        count = self.num_hidden_layers + 1
+        if self.mix_layers is None:
+            return list(range(count))
+        return sorted(index % count for index in self.mix_layers)
+
+    def initial_mix_logits(self):
+        """The initial mix logits that `mix_init` asks for, one per mixed representation."""
+        count = len(self.mix_layer_indices)
+        if self.mix_init == "uniform":
+            return [0.0] * count
+        if self.mix_init == "last":
+            return [LAST_INIT_OTHER_LOGIT] * (count - 1) + [0.0]
+        return [float(value) for value in self.mix_init]
+
+    def _validate_mix(self):
+        if not isinstance(self.num_hidden_layers, int) or self.num_hidden_layers < 1:
+            raise ValueError(f"num_hidden_layers must be a positive integer, got {self.num_hidden_layers!r}")
+        count = self.num_hidden_layers + 1
+        if self.mix_layers is not None:
+            if len(self.mix_layers) == 0:
+                raise ValueError("mix_layers must name at least one representation, got an empty list")
+            for index in self.mix_layers:
+                if isinstance(index, bool) or not isinstance(index, int):
+                    raise ValueError(f"mix_layers must hold integers, got {index!r}")
+                if not -count <= index < count:
+                    raise ValueError(
+                        f"mix_layers index {index} is out of range for {self.num_hidden_layers} layers "
+                        f"(valid: {-count}..{count - 1}, 0 = embedding output)"
+                    )
+            resolved = [index % count for index in self.mix_layers]
+            if len(set(resolved)) != len(resolved):
+                raise ValueError(f"mix_layers names a representation twice: {self.mix_layers}")
+        mixed = len(self.mix_layer_indices)
+        if isinstance(self.mix_init, str):
+            if self.mix_init not in ("uniform", "last"):
+                raise ValueError(f"mix_init must be 'uniform', 'last' or a list of logits, got {self.mix_init!r}")
+        else:
+            if len(self.mix_init) != mixed:
+                raise ValueError(
+                    f"mix_init has {len(self.mix_init)} logits but {mixed} representations are mixed (mix_layers)"
+                )
+            for value in self.mix_init:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                    raise ValueError(f"mix_init logits must be finite numbers, got {value!r}")
+                if abs(value) == float("inf"):
+                    raise ValueError(f"mix_init logits must be finite numbers, got {value!r}")
+        if not isinstance(self.mix_trainable, bool):
+            raise ValueError(f"mix_trainable must be a bool, got {self.mix_trainable!r}")
+        if not isinstance(self.mix_layer_norm, bool):
+            raise ValueError(f"mix_layer_norm must be a bool, got {self.mix_layer_norm!r}")
+        if (
+            isinstance(self.mix_dropout, bool)
+            or not isinstance(self.mix_dropout, (int, float))
+            or not 0.0 <= self.mix_dropout < 1.0
+        ):
+            raise ValueError(f"mix_dropout must be a probability in [0, 1), got {self.mix_dropout!r}")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Like `PretrainedConfig.from_pretrained`, but refuses a checkpoint that is not BERT or BERMo."""
+        config_dict, _ = cls.get_config_dict(pretrained_model_name_or_path, **dict(kwargs))
+        model_type = config_dict.get("model_type")
+        if model_type not in ("bert", "bermo"):
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: config model_type is {model_type!r}, not BERT-like; "
+                "BERMo loads only 'bert' and 'bermo' checkpoints"
+            )
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+
+__all__ = ["BermoConfig"]
