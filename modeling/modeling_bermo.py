@@ -114,7 +114,9 @@ class BermoPreTrainedModel(BertPreTrainedModel):
     config: BermoConfig
     base_model_prefix = "bert"
     supports_gradient_checkpointing = True
+    # fp32 mix under fp16 (`_keep_in_fp32_modules`) and bf16 (`_strict`) loading
     _keep_in_fp32_modules = ["layer_mix"]
+    _keep_in_fp32_modules_strict = ["layer_mix"]
     _no_split_modules = ["BertEmbeddings", "BertLayer", "BermoLayerMix"]
 
     def _init_weights(self, module):
@@ -127,6 +129,31 @@ class BermoPreTrainedModel(BertPreTrainedModel):
                 initial = torch.tensor(self.config.initial_mix_logits(), dtype=module.logits.dtype)
                 with torch.no_grad():
                     module.logits.copy_(initial.to(module.logits.device))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, with an error that names the tensors whose shapes do not fit.
+
+        A head whose `num_labels` differs from the checkpoint's is refused unless `ignore_mismatched_sizes=True`
+        (then transformers re-initializes those tensors, as usual).
+        """
+        if kwargs.get("ignore_mismatched_sizes"):
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        kwargs["ignore_mismatched_sizes"] = True
+        model, loading_info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        if loading_info["mismatched_keys"]:
+            details = "; ".join(
+                f"{key}: {tuple(theirs)} in the checkpoint, {tuple(ours)} in the model"
+                for key, theirs, ours in sorted(loading_info["mismatched_keys"])
+            )
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: shapes do not fit ({details}); a num_labels that differs from the "
+                "checkpoint's head? Pass ignore_mismatched_sizes=True to re-initialize those tensors"
+            )
+        return (model, loading_info) if output_loading_info else model
 
     def layer_mix_weights(self):
         """The mix as it stands: (softmax weight per mixed representation, scale), float32, detached.

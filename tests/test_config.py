@@ -1,0 +1,69 @@
+"""BermoConfig: defaults, index resolution, serialization and clear errors for bad values."""
+
+import json
+
+import pytest
+
+from bermo import BermoConfig
+
+
+def test_defaults_are_bert_base_with_a_uniform_mix_of_every_layer():
+    config = BermoConfig()
+    assert config.model_type == "bermo"
+    assert (config.hidden_size, config.num_hidden_layers) == (768, 12)
+    assert config.mix_layer_indices == list(range(13))
+    assert config.initial_mix_logits() == [0.0] * 13
+    assert config.mix_trainable is True and config.mix_layer_norm is False and config.mix_dropout == 0.0
+
+
+def test_negative_indices_resolve_and_sort():
+    config = BermoConfig(num_hidden_layers=4, mix_layers=[-1, 0, 2])
+    assert config.mix_layer_indices == [0, 2, 4]
+    last = BermoConfig(num_hidden_layers=4, mix_layers=[-1, 0, 2], mix_init="last").initial_mix_logits()
+    assert last[-1] == 0.0 and all(value < -10 for value in last[:-1])
+
+
+def test_round_trip_through_json(tmp_path):
+    config = BermoConfig(num_hidden_layers=2, mix_layers=[1, 2], mix_init=[0.5, -0.5], mix_dropout=0.2, num_labels=3)
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == "bermo" and saved["mix_init"] == [0.5, -0.5]
+    assert saved["auto_map"]["AutoConfig"] == "configuration_bermo.BermoConfig"
+    assert (tmp_path / "configuration_bermo.py").is_file()
+    loaded = BermoConfig.from_pretrained(tmp_path)
+    assert loaded.mix_layers == [1, 2] and loaded.mix_init == [0.5, -0.5] and loaded.mix_dropout == 0.2
+    assert loaded.num_labels == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(mix_layers=[0, 5]), "mix_layers"),
+        (dict(mix_layers=[-6]), "mix_layers"),
+        (dict(mix_layers=[]), "mix_layers"),
+        (dict(mix_layers=[1, -4]), "mix_layers"),  # layer 1 twice
+        (dict(mix_layers=[1.5]), "mix_layers"),
+        (dict(mix_init="first"), "mix_init"),
+        (dict(mix_init=[0.0, 0.0]), "mix_init"),  # 5 representations are mixed
+        (dict(mix_init=[0.0, 0.0, float("nan"), 0.0, 0.0]), "mix_init"),
+        (dict(mix_trainable="yes"), "mix_trainable"),
+        (dict(mix_layer_norm=1), "mix_layer_norm"),
+        (dict(mix_dropout=1.0), "mix_dropout"),
+        (dict(mix_dropout=-0.1), "mix_dropout"),
+        (dict(is_decoder=True), "is_decoder"),
+        (dict(num_hidden_layers=0), "num_hidden_layers"),
+    ],
+)
+def test_bad_values_name_the_field(kwargs, field):
+    kwargs.setdefault("num_hidden_layers", 4)
+    with pytest.raises(ValueError, match=field):
+        BermoConfig(**kwargs)
+
+
+@pytest.mark.parametrize("model_type", ["roberta", "gpt2"])
+def test_a_checkpoint_that_is_not_bert_like_is_refused(tmp_path, model_type):
+    from transformers import AutoConfig
+
+    AutoConfig.for_model(model_type).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=f"model_type is '{model_type}', not BERT-like"):
+        BermoConfig.from_pretrained(tmp_path)
