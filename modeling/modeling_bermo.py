@@ -178,9 +178,12 @@ class BermoPreTrainedModel(BertPreTrainedModel):
             )
         return super().gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        # transformers writes `auto_map` only for the class being saved: write every entry, so that AutoConfig,
-        # AutoModel and every head's Auto class load the checkpoint with trust_remote_code=True.
+    def set_auto_map(self):
+        """Point `config.auto_map` at AutoConfig, AutoModel and every head's Auto class, and record our version.
+
+        transformers writes `auto_map` only for the class being saved; `save_pretrained` calls this first so that
+        every Auto class loads the checkpoint with trust_remote_code=True.
+        """
         config_module = type(self.config).__module__.rsplit(".", 1)[-1]
         model_module = type(self).__module__.rsplit(".", 1)[-1]
         auto_map = {"AutoConfig": f"{config_module}.{type(self.config).__name__}"}
@@ -188,6 +191,9 @@ class BermoPreTrainedModel(BertPreTrainedModel):
             auto_map[model_class._auto_class] = f"{model_module}.{model_class.__name__}"
         self.config.auto_map = auto_map
         self.config.bermo_version = BERMO_VERSION
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        self.set_auto_map()
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 

@@ -1,0 +1,89 @@
+"""Model cards for BERMo checkpoints, filled from the templates in `model_cards/` with huggingface_hub's ModelCard."""
+
+from importlib.resources import files
+from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from .modeling.configuration_bermo import BERMO_VERSION
+
+
+def template_path(name):
+    return str(files("bermo.model_cards") / name)
+
+
+def source_card_metadata(folder):
+    """The YAML metadata of the source's own model card (license, language, ...), or {} if it has none."""
+    readme = Path(folder) / "README.md"
+    if not readme.is_file():
+        return {}
+    try:
+        return ModelCard.load(readme, ignore_metadata_errors=True).data.to_dict()
+    except Exception:  # a card without valid metadata: nothing to carry over
+        return {}
+
+
+def mix_table(config, weights=None, scale=None):
+    """Rows (representation, softmax weight) of the layer mix, from the given weights or the config's init."""
+    import torch
+
+    if weights is None:
+        weights = torch.softmax(torch.tensor(config.initial_mix_logits()), dim=0)
+        scale = 1.0
+    names = ["embeddings" if index == 0 else f"layer {index}" for index in config.mix_layer_indices]
+    return [(name, f"{float(weight):.4f}") for name, weight in zip(names, weights)], f"{float(scale):.4f}"
+
+
+def converted_model_card(
+    *, source, base_model, revision, source_architecture, task, config, plan, verification, dtype, source_folder,
+    pipeline_tag, model_class, auto_class,
+):
+    """The README.md of a converted checkpoint."""
+    source_metadata = source_card_metadata(source_folder)
+    shown_source = base_model or (source if not Path(source).is_dir() else f"local folder {Path(source).name}")
+    card_data = ModelCardData(
+        base_model=base_model,
+        library_name="transformers",
+        pipeline_tag=pipeline_tag,
+        tags=["bermo", "bert", "custom_code", pipeline_tag],
+        license=source_metadata.get("license"),
+        language=source_metadata.get("language"),
+    )
+    if verification is None:
+        verification_text = "Not verified (converted with `--no-verify`)."
+    else:
+        figures = ", ".join(f"{key.replace('_', ' ')} {value:.3g}" for key, value in verification.items() if key != "inputs")
+        verification_text = (
+            f"The output was reloaded and compared with the source on {verification['inputs']}: {figures}. "
+            "A difference above 1e-5 (float32; relative to the largest activation when that exceeds 1) fails."
+        )
+    dropped = {}
+    for reason in plan.dropped.values():
+        dropped[reason] = dropped.get(reason, 0) + 1
+    rows, scale = mix_table(config)
+    return ModelCard.from_template(
+        card_data,
+        template_path=template_path("converted.md"),
+        model_name=f"{Path(str(base_model or source)).name} (BERMo)",
+        base_model=shown_source,
+        base_model_url=f"https://huggingface.co/{base_model}" if base_model else "#",
+        bermo_version=BERMO_VERSION,
+        source_revision=revision,
+        source_architecture=source_architecture,
+        model_class=model_class.__name__,
+        task=task,
+        mix_layers=config.mix_layer_indices,
+        mix_init=config.mix_init,
+        kept_count=len(plan.sources),
+        dropped_count=len(plan.dropped),
+        dropped_summary=", ".join(f"{count} {reason}" for reason, count in dropped.items()) or "none",
+        new_summary=", ".join(plan.new + [f"{name} (initialized on load)" for name in plan.initialized_on_load]),
+        head_is_new=any(name.startswith(("classifier.", "qa_outputs.")) for name in plan.initialized_on_load),
+        dtype=dtype,
+        verification=verification_text,
+        mix_rows=rows,
+        mix_scale=scale,
+        auto_class=auto_class,
+        repo_id="YOUR_NAME/YOUR_REPO",
+        revision="COMMIT_SHA",
+    )
