@@ -465,7 +465,6 @@ def convert(
     target_shapes = {name: tuple(tensor.shape) for name, tensor in meta_model.state_dict().items()}
     target_prefix = "" if model_class is BermoModel else "bert."
     plan = plan_conversion(weights.shapes, target_shapes, head_prefixes, target_prefix, task == source_task)
-    head_converted = task != "base" and not any(name.startswith(head_prefixes) for name in plan.initialized_on_load)
     log(f"{source} ({source_architecture}) -> {model_class.__name__}: {plan.summary()}")
 
     mix_logits = torch.tensor(config.initial_mix_logits(), dtype=torch.float32)
@@ -488,7 +487,7 @@ def convert(
         for name in TOKENIZER_FILES:
             if (folder / name).is_file():
                 shutil.copy2(folder / name, staging / name)
-        verification = verify_conversion(folder, staging, task, head_converted, target_dtype, log) if verify else None
+        verification = verify_conversion(folder, staging, task, plan, target_dtype, log) if verify else None
         from .model_card import converted_model_card
 
         converted_model_card(
@@ -546,13 +545,18 @@ def verification_inputs(folder, vocab_size):
         return {"input_ids": input_ids, "attention_mask": attention_mask}, "random token ids (no tokenizer)"
 
 
-def verify_conversion(source_folder, output_folder, task, head_converted, dtype, log=print):
+def verify_conversion(source_folder, output_folder, task, plan, dtype, log=print):
     """Reload the output and compare it with the source on a few inputs; raise ConversionError on a mismatch.
 
     Every backbone hidden state is compared. With `mix_init="last"` the output must also equal the source's: the
-    head's outputs when the source's head was carried over, else the (mixed) last hidden state and pooler output.
+    head's outputs when the source's head was carried over, else the (mixed) last hidden state and the pooler output
+    (when the source has a pooler).
     """
     import transformers
+
+    new = " ".join(plan.initialized_on_load)
+    head_converted = task != "base" and not any(prefix in new for prefix in SOURCE_HEAD_PREFIXES)
+    pooler_converted = "pooler." not in new
 
     source_class = getattr(transformers, TASKS[task][1] if head_converted else "BertModel")
     source_model = source_class.from_pretrained(source_folder, dtype=torch.float32).eval()
@@ -567,6 +571,8 @@ def verify_conversion(source_folder, output_folder, task, head_converted, dtype,
     pairs = {f"hidden_states[{i}]": pair for i, pair in enumerate(zip(ours.hidden_states, theirs.hidden_states, strict=True))}
     if output_model.config.mix_init == "last":
         for name in ("logits", "start_logits", "end_logits", "last_hidden_state", "pooler_output"):
+            if name == "pooler_output" and not pooler_converted:
+                continue
             if getattr(ours, name, None) is not None and getattr(theirs, name, None) is not None:
                 pairs[name] = (getattr(ours, name), getattr(theirs, name))
     tolerance = VERIFY_TOLERANCE[dtype]
