@@ -479,6 +479,7 @@ def convert(
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.bermo-tmp-{os.getpid()}-", dir=output_dir.parent))
     try:
         write_weights(staging, entries, parse_size(max_shard_size), show_progress)
+        del weights, entries  # release the source's mapped tensors before verification loads both models
         meta_model.set_auto_map()
         from transformers.dynamic_module_utils import custom_object_save
 
@@ -534,15 +535,19 @@ def replace_folder(staging, output_dir):
 def verification_inputs(folder, vocab_size):
     from transformers import AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        return dict(tokenizer(VERIFY_SENTENCES, padding=True, return_tensors="pt")), "tokenized sentences"
-    except Exception:  # no usable tokenizer in the source: random token ids exercise the same weights
-        generator = torch.Generator().manual_seed(0)
-        input_ids = torch.randint(1, vocab_size, (3, 16), generator=generator)
-        attention_mask = torch.ones_like(input_ids)
-        attention_mask[2, 10:] = 0
-        return {"input_ids": input_ids, "attention_mask": attention_mask}, "random token ids (no tokenizer)"
+    # (transformers 5 makes a special-tokens-only tokenizer for a folder without tokenizer files: check first)
+    if any((Path(folder) / name).is_file() for name in TOKENIZER_FILES if name != "special_tokens_map.json"):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            return dict(tokenizer(VERIFY_SENTENCES, padding=True, return_tensors="pt")), "tokenized sentences"
+        except Exception:  # an unusable tokenizer: fall back to random ids
+            pass
+    # no usable tokenizer in the source: random token ids exercise the same weights
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(1, vocab_size, (3, 16), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[2, 10:] = 0
+    return {"input_ids": input_ids, "attention_mask": attention_mask}, "random token ids (no tokenizer)"
 
 
 def verify_conversion(source_folder, output_folder, task, plan, dtype, log=print):
