@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ._errors import one_line
+from .hub import PublishError, push_to_hub
 from .modeling.configuration_bermo import BERMO_VERSION, BermoConfig
 from .modeling.modeling_bermo import (
     BermoForMultipleChoice,
@@ -599,11 +601,6 @@ def verify_conversion(source_folder, output_folder, task, plan, dtype, log=print
 # Command line
 
 
-def one_line(error):
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="bermo-convert",
@@ -658,10 +655,8 @@ def main(argv=None):
             base_model=args.base_model, overwrite=args.overwrite, verify=args.verify, max_shard_size=args.max_shard_size,
         )
         if args.push_to_hub:
-            from .hub import push_to_hub
-
             push_to_hub(result.output_dir, args.push_to_hub, token=args.token)
-    except ConversionError as error:
+    except (ConversionError, PublishError) as error:
         print(f"bermo-convert: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -87,3 +87,51 @@ def converted_model_card(
         repo_id="YOUR_NAME/YOUR_REPO",
         revision="COMMIT_SHA",
     )
+
+
+def finetuned_model_card(*, model, task_data, base_model, final_metrics, hyperparameters, has_layer_plot, train_size):
+    """The README.md of a fine-tuned BERMo checkpoint: metrics in the model-index, hyperparameters, the layer mix."""
+    from huggingface_hub import EvalResult
+
+    glue = task_data.name in ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
+    dataset_id = "nyu-mll/glue" if glue else task_data.name
+    dataset_name = f"GLUE {task_data.name.upper()}" if glue else task_data.name
+    model_name = f"{Path(str(base_model)).name}-bermo-{task_data.name}"
+    eval_results = [
+        EvalResult(
+            task_type="text-classification", dataset_type=dataset_id, dataset_name=dataset_name,
+            dataset_config=task_data.name if glue else None, dataset_split=split, metric_type=metric,
+            metric_value=round(float(value), 4),
+        )
+        for split, metrics in final_metrics.items()
+        for metric, value in metrics.items()
+    ]
+    card_data = ModelCardData(
+        model_name=model_name,
+        base_model=base_model if base_model and not Path(str(base_model)).exists() else None,
+        library_name="transformers",
+        pipeline_tag="text-classification",
+        tags=["bermo", "bert", "custom_code", "text-classification"],
+        datasets=[dataset_id] if glue else None,
+        metrics=sorted({metric for metrics in final_metrics.values() for metric in metrics}),
+        eval_results=eval_results or None,
+    )
+    weights, scale = model.layer_mix_weights()
+    rows, scale_text = mix_table(model.config, weights, scale)
+    return ModelCard.from_template(
+        card_data,
+        template_path=template_path("finetuned.md"),
+        model_name=model_name,
+        dataset_name=dataset_name,
+        base_model=base_model,
+        bermo_version=BERMO_VERSION,
+        results=[(split, metric, f"{value:.4f}") for split, metrics in final_metrics.items()
+                 for metric, value in metrics.items()],
+        mix_rows=rows,
+        mix_scale=scale_text,
+        has_layer_plot=has_layer_plot,
+        hyperparameters=sorted(hyperparameters.items()),
+        repo_id="YOUR_NAME/YOUR_REPO",
+        revision="COMMIT_SHA",
+        train_size=train_size,
+    )

@@ -1,0 +1,256 @@
+"""Text classification data for fine-tuning: the nine GLUE tasks (from the Hub, or GLUE's own TSV folders) and
+the user's own csv/tsv/json/jsonl files, as `datasets.DatasetDict`s with text columns and integer (or float) labels.
+"""
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+
+from ._errors import one_line
+
+
+class DataError(Exception):
+    """Bad data input: reported as one line, exit code 2."""
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    text_columns: tuple  # one or two text columns, as the Hub's nyu-mll/glue names them
+    label_names: tuple | None  # None: regression
+    folder: str  # GLUE's folder name
+    dev_files: tuple  # GLUE's dev file names, one per evaluation split
+    eval_splits: tuple  # the Hub's validation split names, same order
+    tsv_columns: tuple  # GLUE TSV column (index or header name) of each text column, then of the label
+    tsv_header: bool = True
+    metric: str = "accuracy"
+
+
+GLUE_TASKS = {
+    "cola": GlueTask(("sentence",), ("unacceptable", "acceptable"), "CoLA", ("dev.tsv",), ("validation",),
+                     (3, 1), tsv_header=False, metric="matthews_correlation"),
+    "sst2": GlueTask(("sentence",), ("negative", "positive"), "SST-2", ("dev.tsv",), ("validation",),
+                     ("sentence", "label")),
+    "mrpc": GlueTask(("sentence1", "sentence2"), ("not_equivalent", "equivalent"), "MRPC", ("dev.tsv",),
+                     ("validation",), ("#1 String", "#2 String", "Quality"), metric="f1"),
+    "qqp": GlueTask(("question1", "question2"), ("not_duplicate", "duplicate"), "QQP", ("dev.tsv",),
+                    ("validation",), ("question1", "question2", "is_duplicate"), metric="f1"),
+    "stsb": GlueTask(("sentence1", "sentence2"), None, "STS-B", ("dev.tsv",), ("validation",),
+                     ("sentence1", "sentence2", "score"), metric="pearson"),
+    "mnli": GlueTask(("premise", "hypothesis"), ("entailment", "neutral", "contradiction"), "MNLI",
+                     ("dev_matched.tsv", "dev_mismatched.tsv"), ("validation_matched", "validation_mismatched"),
+                     ("sentence1", "sentence2", "gold_label")),
+    "qnli": GlueTask(("question", "sentence"), ("entailment", "not_entailment"), "QNLI", ("dev.tsv",),
+                     ("validation",), ("question", "sentence", "label")),
+    "rte": GlueTask(("sentence1", "sentence2"), ("entailment", "not_entailment"), "RTE", ("dev.tsv",),
+                    ("validation",), ("sentence1", "sentence2", "label")),
+    "wnli": GlueTask(("sentence1", "sentence2"), ("not_entailment", "entailment"), "WNLI", ("dev.tsv",),
+                     ("validation",), ("sentence1", "sentence2", "label")),
+}
+GLUE_HUB_ID = "nyu-mll/glue"
+
+# column names that hold text, by the pairs datasets commonly use (first match wins)
+KNOWN_TEXT_COLUMNS = [
+    ("sentence1", "sentence2"), ("question1", "question2"), ("premise", "hypothesis"), ("question", "sentence"),
+    ("sentence",), ("text",), ("text_a", "text_b"),
+]
+KNOWN_LABEL_COLUMNS = ("label", "labels", "score", "gold_label")
+
+
+@dataclass
+class TaskData:
+    """Splits with the columns `text_columns` and `label`, and what the labels mean."""
+
+    splits: datasets.DatasetDict  # "train", one or more evaluation splits, maybe "test"
+    eval_splits: list
+    text_columns: tuple
+    label_names: list | None  # None: regression
+    metric: str
+    name: str  # for cards and logs: the GLUE task or the training file's name
+
+    @property
+    def num_labels(self):
+        return 1 if self.label_names is None else len(self.label_names)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# GLUE
+
+
+def load_glue(task_name, glue_dir=None, test_file=None):
+    task = GLUE_TASKS.get(task_name)
+    if task is None:
+        raise DataError(f"--task_name {task_name!r}: choose one of {', '.join(GLUE_TASKS)}")
+    if glue_dir is not None:
+        splits = read_glue_dir(task_name, task, Path(glue_dir))
+    else:
+        splits = load_glue_from_hub(task_name, task)
+    if test_file is not None:
+        splits["test"] = read_text_file(test_file)
+    return TaskData(splits, list(task.eval_splits), task.text_columns,
+                    None if task.label_names is None else list(task.label_names), task.metric, task_name)
+
+
+def load_glue_from_hub(task_name, task):
+    try:
+        loaded = datasets.load_dataset(GLUE_HUB_ID, task_name)
+    except Exception as error:
+        raise DataError(
+            f"--task_name {task_name}: cannot load {GLUE_HUB_ID} from the Hub ({one_line(error)}); "
+            "offline, pass --glue_dir (GLUE's folder of TSVs) or --train_file/--validation_file"
+        ) from None
+    keep = ["train", *task.eval_splits]
+    return datasets.DatasetDict({split: loaded[split] for split in keep})
+
+
+def read_glue_dir(task_name, task, glue_dir):
+    folder = glue_dir / task.folder if (glue_dir / task.folder).is_dir() else glue_dir
+    files = {"train": folder / "train.tsv", **{s: folder / f for s, f in zip(task.eval_splits, task.dev_files)}}
+    missing = [str(path) for path in files.values() if not path.is_file()]
+    if missing:
+        raise DataError(f"--glue_dir {glue_dir}: {task_name} files missing: {', '.join(missing)}")
+    return datasets.DatasetDict({split: read_glue_tsv(path, task) for split, path in files.items()})
+
+
+def read_glue_tsv(path, task):
+    """A GLUE TSV (its own quirks: no quoting, CoLA without a header, labels as text in the NLI tasks)."""
+    with open(path, encoding="utf-8", newline="") as file:
+        rows = list(csv.reader(file, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if task.tsv_header:
+        header, rows = rows[0], rows[1:]
+        try:
+            indices = [header.index(column) for column in task.tsv_columns]
+        except ValueError:
+            raise DataError(f"{path}: expected columns {list(task.tsv_columns)}, found {header}") from None
+    else:
+        indices = list(task.tsv_columns)
+    columns = {name: [] for name in (*task.text_columns, "label")}
+    width = max(indices) + 1
+    for number, row in enumerate(rows, start=2 if task.tsv_header else 1):
+        if not row or row == [""]:
+            continue
+        if len(row) < width:
+            raise DataError(f"{path}:{number}: expected at least {width} tab-separated fields, found {len(row)}")
+        *texts, label = (row[index] for index in indices)
+        for name, text in zip(task.text_columns, texts):
+            columns[name].append(text.strip())
+        columns["label"].append(glue_label(label.strip(), task, path, number))
+    if not columns["label"]:
+        raise DataError(f"{path}: no data rows")
+    return datasets.Dataset.from_dict(columns)
+
+
+def glue_label(value, task, path, number):
+    if task.label_names is None:
+        return float(value)
+    if value in task.label_names:
+        return task.label_names.index(value)
+    if value.isdigit() and int(value) < len(task.label_names):
+        return int(value)
+    raise DataError(f"{path}:{number}: label {value!r} is not one of {list(task.label_names)}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The user's own files
+
+
+def read_text_file(path):
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {path} not found")
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}
+        builder = "csv"
+    elif suffix in (".json", ".jsonl"):
+        builder, kwargs = "json", {}
+    else:
+        raise DataError(f"data file {path}: unsupported format {suffix!r}; use csv, tsv, json or jsonl")
+    if path.stat().st_size == 0:
+        raise DataError(f"data file {path} is empty")
+    try:
+        dataset = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+    except Exception as error:
+        raise DataError(f"data file {path}: cannot be read as {suffix[1:]} ({one_line(error)})") from None
+    if len(dataset) == 0:
+        raise DataError(f"data file {path} has no rows")
+    return dataset
+
+
+def detect_columns(dataset, path, text_columns=None, label_column=None):
+    names = dataset.column_names
+    if label_column is None:
+        label_column = next((name for name in KNOWN_LABEL_COLUMNS if name in names), None)
+        if label_column is None:
+            raise DataError(f"{path}: no label column among {names}; name it with --label_column")
+    elif label_column not in names:
+        raise DataError(f"{path}: --label_column {label_column!r} not among the columns {names}")
+    if text_columns is None:
+        text_columns = next((pair for pair in KNOWN_TEXT_COLUMNS if all(name in names for name in pair)), None)
+        if text_columns is None:
+            strings = [name for name in names if name != label_column and dataset.features[name].dtype == "string"]
+            if not 1 <= len(strings) <= 2:
+                raise DataError(f"{path}: cannot tell the text columns among {names}; name them with --text_columns")
+            text_columns = tuple(strings)
+    text_columns = tuple(text_columns)
+    unknown = [name for name in text_columns if name not in names]
+    if unknown or not 1 <= len(text_columns) <= 2:
+        raise DataError(f"{path}: --text_columns {list(text_columns)}: expected one or two of the columns {names}")
+    return text_columns, label_column
+
+
+def load_files(train_file, validation_file, test_file=None, text_columns=None, label_column=None):
+    """The user's own train/validation(/test) files; string labels are mapped to ids in sorted order."""
+    if train_file is None or validation_file is None:
+        raise DataError("pass both --train_file and --validation_file (or --task_name with --glue_dir)")
+    train = read_text_file(train_file)
+    text_columns, label_column = detect_columns(train, train_file, text_columns, label_column)
+    validation = read_text_file(validation_file)
+    for name in (*text_columns, label_column):
+        if name not in validation.column_names:
+            raise DataError(f"{validation_file}: column {name!r} missing (found {validation.column_names})")
+    label_names = label_space(train, label_column)
+    splits = {"train": train, "validation": validation}
+    if test_file is not None:
+        splits["test"] = read_text_file(test_file)
+    for split, dataset in splits.items():
+        if split == "test" and label_column not in dataset.column_names:
+            continue
+        splits[split] = encode_labels(dataset, label_column, label_names, split, train_file)
+    for split in splits:
+        keep = [name for name in (*text_columns, "label") if name in splits[split].column_names]
+        splits[split] = splits[split].select_columns(keep)
+    metric = "accuracy" if label_names is not None else "pearson"
+    return TaskData(datasets.DatasetDict(splits), ["validation"], text_columns, label_names, metric,
+                    Path(train_file).stem)
+
+
+def label_space(train, label_column):
+    """Sorted label values of the training data; None for regression (float labels that are not all integers)."""
+    values = train[label_column]
+    if any(value is None for value in values):
+        raise DataError(f"training data has rows without a {label_column!r}")
+    if all(isinstance(value, float) for value in values) and any(value != int(value) for value in values):
+        return None
+    return [str(value) for value in sorted(set(values), key=lambda value: (str(type(value)), value))]
+
+
+def encode_labels(dataset, label_column, label_names, split, train_file):
+    if label_names is None:
+        return dataset.map(lambda row: {"label": float(row[label_column])},
+                           remove_columns=[] if label_column == "label" else [label_column])
+    ids = {name: index for index, name in enumerate(label_names)}
+    unseen = sorted({str(value) for value in dataset[label_column]} - set(ids))
+    if unseen:
+        raise DataError(f"{split} label {unseen[0]!r} never seen in training data {train_file} (labels: {label_names})")
+    mapped = [ids[str(value)] for value in dataset[label_column]]
+    dataset = dataset.remove_columns([label_column])
+    return dataset.add_column("label", mapped)
+
+
+def load_task_data(args):
+    """The data that the command line asks for: GLUE (Hub or --glue_dir) or the user's files."""
+    if args.task_name is not None:
+        return load_glue(args.task_name.lower(), args.glue_dir, args.test_file)
+    return load_files(args.train_file, args.validation_file, args.test_file, args.text_columns, args.label_column)
