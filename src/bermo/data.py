@@ -179,23 +179,27 @@ def read_text_file(path):
 
 
 def detect_columns(dataset, path, text_columns=None, label_column=None):
+    """(text columns, label column): as named, else by the usual names, else the one column left beside the text."""
     names = dataset.column_names
+    if label_column is not None and label_column not in names:
+        raise DataError(f"{path}: --label_column {label_column!r} not among the columns {names}")
     if label_column is None:
         label_column = next((name for name in KNOWN_LABEL_COLUMNS if name in names), None)
-        if label_column is None:
-            raise DataError(f"{path}: no label column among {names}; name it with --label_column")
-    elif label_column not in names:
-        raise DataError(f"{path}: --label_column {label_column!r} not among the columns {names}")
     if text_columns is None:
         text_columns = next((pair for pair in KNOWN_TEXT_COLUMNS if all(name in names for name in pair)), None)
-        if text_columns is None:
-            strings = [name for name in names if name != label_column and dataset.features[name].dtype == "string"]
-            if not 1 <= len(strings) <= 2:
-                raise DataError(f"{path}: cannot tell the text columns among {names}; name them with --text_columns")
-            text_columns = tuple(strings)
+    if label_column is None and text_columns is not None:
+        rest = [name for name in names if name not in text_columns]
+        label_column = rest[0] if len(rest) == 1 else None
+    if label_column is None:
+        raise DataError(f"{path}: no label column among {names}; name it with --label_column")
+    if text_columns is None:
+        strings = [name for name in names if name != label_column and dataset.features[name].dtype == "string"]
+        if not 1 <= len(strings) <= 2:
+            raise DataError(f"{path}: cannot tell the text columns among {names}; name them with --text_columns")
+        text_columns = tuple(strings)
     text_columns = tuple(text_columns)
     unknown = [name for name in text_columns if name not in names]
-    if unknown or not 1 <= len(text_columns) <= 2:
+    if unknown or not 1 <= len(text_columns) <= 2 or label_column in text_columns:
         raise DataError(f"{path}: --text_columns {list(text_columns)}: expected one or two of the columns {names}")
     return text_columns, label_column
 

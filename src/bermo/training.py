@@ -345,13 +345,18 @@ def train(args):
     from transformers import AutoTokenizer, get_scheduler
 
     check_args(args)
+    # `accelerate launch --multi_gpu` on a machine without an accelerator: run the processes on CPU with gloo
+    cpu_only_distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
     accelerator = Accelerator(
+        cpu=cpu_only_distributed,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=args.report_to if args.with_tracking else None,
         project_dir=args.output_dir,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     set_seed(args.seed)
+    accelerator.print(f"training on {accelerator.num_processes} process(es) ({accelerator.distributed_type.value}, "
+                      f"device {accelerator.device}, mixed precision {accelerator.mixed_precision})")
     output_dir = Path(args.output_dir)
     if accelerator.is_main_process:
         if args.overwrite_output_dir and args.resume_from_checkpoint is None and output_dir.is_dir():
@@ -412,60 +417,62 @@ def train(args):
                     desc="fine-tuning", unit="step")
     final_metrics = None
     model.train()
-    for epoch in range(start_epoch, num_epochs):
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        batches = train_loader
-        if epoch == start_epoch and skip_batches:
-            batches = accelerator.skip_first_batches(train_loader, skip_batches)
-        running_loss, running_count = 0.0, 0
-        for batch in batches:
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                if not torch.isfinite(loss).all():
-                    raise TrainingError(
-                        f"loss became {loss.item()} at step {completed_steps + 1}; stopped. Last good checkpoint: "
-                        f"{last_checkpoint or 'none saved'}"
-                    )
-                accelerator.backward(loss)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            running_loss += loss.detach().float().item()
-            running_count += 1
-            if not accelerator.sync_gradients:
-                continue
-            completed_steps += 1
-            learning_rate = scheduler.get_last_lr()[0]
-            progress.update(1)
-            progress.set_postfix(loss=f"{running_loss / running_count:.4f}", lr=f"{learning_rate:.2e}")
-            if completed_steps % log_every == 0 or completed_steps == max_train_steps:
-                record = {"step": completed_steps, "epoch": epoch, "split": "train",
-                          "loss": running_loss / running_count, "learning_rate": learning_rate}
-                metrics_log.append(record)
-                if args.with_tracking:
-                    accelerator.log({"train_loss": record["loss"], "learning_rate": learning_rate},
-                                    step=completed_steps)
-                running_loss, running_count = 0.0, 0
-            at_end = completed_steps >= max_train_steps
-            if at_end or (args.eval_steps and completed_steps % args.eval_steps == 0):
-                final_metrics = evaluate(model, eval_loaders, task_data, accelerator)
-                for split, values in final_metrics.items():
-                    metrics_log.append({"step": completed_steps, "epoch": epoch, "split": split, **values})
+    try:
+        for epoch in range(start_epoch, num_epochs):
+            if hasattr(train_loader, "set_epoch"):
+                train_loader.set_epoch(epoch)
+            batches = train_loader
+            if epoch == start_epoch and skip_batches:
+                batches = accelerator.skip_first_batches(train_loader, skip_batches)
+            running_loss, running_count = 0.0, 0
+            for batch in batches:
+                with accelerator.accumulate(model):
+                    loss = model(**batch).loss
+                    if not torch.isfinite(loss).all():
+                        raise TrainingError(
+                            f"loss became {loss.item()} at step {completed_steps + 1}; stopped. Last good checkpoint: "
+                            f"{last_checkpoint or 'none saved'}"
+                        )
+                    accelerator.backward(loss)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                running_loss += loss.detach().float().item()
+                running_count += 1
+                if not accelerator.sync_gradients:
+                    continue
+                completed_steps += 1
+                learning_rate = scheduler.get_last_lr()[0]
+                progress.update(1)
+                progress.set_postfix(loss=f"{running_loss / running_count:.4f}", lr=f"{learning_rate:.2e}")
+                if completed_steps % log_every == 0 or completed_steps == max_train_steps:
+                    record = {"step": completed_steps, "epoch": epoch, "split": "train",
+                              "loss": running_loss / running_count, "learning_rate": learning_rate}
+                    metrics_log.append(record)
                     if args.with_tracking:
-                        accelerator.log({f"{split}_{k}": v for k, v in values.items()}, step=completed_steps)
-                progress.write(f"step {completed_steps}: " + "; ".join(
-                    f"{split} " + ", ".join(f"{k} {v:.4f}" for k, v in values.items())
-                    for split, values in final_metrics.items()))
-            if checkpoint_every and completed_steps % checkpoint_every == 0:
-                last_checkpoint = save_checkpoint(accelerator, output_dir, f"step_{completed_steps}")
-            if at_end:
+                        accelerator.log({"train_loss": record["loss"], "learning_rate": learning_rate},
+                                        step=completed_steps)
+                    running_loss, running_count = 0.0, 0
+                at_end = completed_steps >= max_train_steps
+                if at_end or (args.eval_steps and completed_steps % args.eval_steps == 0):
+                    final_metrics = evaluate(model, eval_loaders, task_data, accelerator)
+                    for split, values in final_metrics.items():
+                        metrics_log.append({"step": completed_steps, "epoch": epoch, "split": split, **values})
+                        if args.with_tracking:
+                            accelerator.log({f"{split}_{k}": v for k, v in values.items()}, step=completed_steps)
+                    progress.write(f"step {completed_steps}: " + "; ".join(
+                        f"{split} " + ", ".join(f"{k} {v:.4f}" for k, v in values.items())
+                        for split, values in final_metrics.items()))
+                if checkpoint_every and completed_steps % checkpoint_every == 0:
+                    last_checkpoint = save_checkpoint(accelerator, output_dir, f"step_{completed_steps}")
+                if at_end:
+                    break
+            if args.checkpointing_steps == "epoch":
+                last_checkpoint = save_checkpoint(accelerator, output_dir, f"epoch_{epoch}")
+            if completed_steps >= max_train_steps:
                 break
-        if args.checkpointing_steps == "epoch":
-            last_checkpoint = save_checkpoint(accelerator, output_dir, f"epoch_{epoch}")
-        if completed_steps >= max_train_steps:
-            break
-    progress.close()
+    finally:
+        progress.close()
     if final_metrics is None:  # resumed from the last step: evaluate the restored model
         final_metrics = evaluate(model, eval_loaders, task_data, accelerator)
     if "test" in eval_loaders:
