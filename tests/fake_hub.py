@@ -107,7 +107,7 @@ class FakeHub:
         self.need_writer(user)
         repo_id = f"{body.get('organization') or user}/{body['name']}"
         answer = {"url": f"{self.url}/{repo_id}", "name": repo_id}
-        if repo_id in self.repos:  # the Hub's 409 also carries the url: create_repo(exist_ok=True) reads it
+        if repo_id in self.repos:  # create_repo(exist_ok=True) reads the url from the 409 answer
             return 409, {"X-Error-Message": "You already created this model repo"}, {
                 "error": "You already created this model repo", **answer}
         self.repos[repo_id] = Repo(private=body.get("visibility") == "private")
@@ -120,7 +120,7 @@ class FakeHub:
         self.need_writer(user)
         self.snapshot(user, repo, rev)
         files = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None} for f in body["files"]]
-        return 200, {}, {"files": files, "commitOid": self.repos[repo].commit_id(unquote(rev))}
+        return 200, {}, {"files": files}
 
     def commit(self, user, repo, rev, body, **_):
         self.need_writer(user)
@@ -164,7 +164,7 @@ class FakeHub:
                    for name, content in sorted(files.items()) if name.startswith(prefix)]
         return 200, {}, entries
 
-    def resolve(self, user, repo, rev, path, method, **_):
+    def resolve(self, user, repo, rev, path, **_):
         files = self.snapshot(user, repo, rev)
         commit_id = self.repos[repo].commit_id(unquote(rev))
         path = unquote(path)

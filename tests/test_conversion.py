@@ -133,6 +133,11 @@ def test_real_minilm_converts_with_card_tokenizer_and_pipeline(minilm_path, tmp_
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-classification"
     assert {"bermo", "custom_code"} <= set(card.data.tags) and card.data.license == "apache-2.0"
     assert "trust_remote_code=True" in card.text and 'revision="' in card.text and "max abs diff" in card.text
+    auto_map = json.loads((out / "config.json").read_text())["auto_map"]
+    for auto_class in auto_map:  # every Auto class named in auto_map loads the output
+        kwargs = {} if auto_class == "AutoConfig" else {"ignore_mismatched_sizes": True}  # one-output MC head
+        loaded = getattr(transformers, auto_class).from_pretrained(out, **kwargs)
+        assert type(loaded).__name__ == auto_map[auto_class].split(".")[-1]
     classify = f"""
 from transformers import pipeline
 classifier = pipeline("text-classification", model={str(out)!r}, trust_remote_code=True)

@@ -1,15 +1,17 @@
 """bermo-push against a local fake Hub (tests/fake_hub.py): upload, byte-exact store, reload with remote code, refusals.
 
 The real huggingface_hub client talks to a server on 127.0.0.1 that the tests start; the Hub itself is never reached.
-The push and the downloads run in child processes with HF_ENDPOINT pointing at the server (huggingface_hub reads it
-at import). The refusals run `bermo.hub.main` in this process, with huggingface_hub's endpoint and offline switch
-patched, since most of them fail before any request and a child Python per case would cost seconds each.
+The push, the network refusals and the downloads run in child processes with HF_ENDPOINT pointing at the server
+(huggingface_hub reads it at import), as a user would run them. The refusals of a bad folder fail before any request:
+they call `bermo.hub.main` in this process (a child Python costs seconds), with huggingface_hub's endpoint and offline
+switch patched all the same, so that a bug that let them through would push to the fake Hub and be seen.
 """
 
 import json
-import re
+import os
 import shutil
 import socket
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -27,11 +29,12 @@ from fake_hub import FakeHub
 
 TOKEN = "hf_fake_test_token"
 LABELS = {0: "negative", 1: "positive"}
+REPO_ID = "user/bermo-sst2"
 
 
-def hub_env(endpoint, tmp, token=TOKEN, base=None):
-    """Environment for a child Python that uses ENDPOINT as the Hub, with its own empty cache and no saved login."""
-    env = dict(base if base is not None else no_bermo_env())
+def hub_env(endpoint, tmp, base, token=TOKEN):
+    """BASE with ENDPOINT as the Hub, TOKEN as the login, and an empty cache and home of its own under TMP."""
+    env = dict(base)
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         env.pop(name, None)
     env.update(
@@ -42,14 +45,16 @@ def hub_env(endpoint, tmp, token=TOKEN, base=None):
     return env
 
 
+def push_cli(args, endpoint, tmp, token=TOKEN):
+    """Run the bermo-push console script (or `python -m bermo.hub`) in a child process against ENDPOINT."""
+    script = Path(sys.executable).with_name("bermo-push")
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "bermo.hub"]
+    return subprocess.run([*command, *args], env=hub_env(endpoint, tmp, os.environ, token), capture_output=True,
+                          text=True, timeout=300)
+
+
 def folder_files(folder):
     return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
-
-
-def closed_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -84,30 +89,22 @@ def copy_of(checkpoint, tmp_path):
 
 @pytest.fixture(scope="module")
 def pushed(hub, checkpoint, tmp_path_factory):
-    """`bermo-push CHECKPOINT user/bermo-sst2` in a child process: (completed process, repo id)."""
-    tmp = tmp_path_factory.mktemp("push")
-    script = Path(sys.executable).with_name("bermo-push")
-    command = [str(script)] if script.is_file() else [sys.executable, "-m", "bermo.hub"]
-    import subprocess
-
-    result = subprocess.run([*command, str(checkpoint), "user/bermo-sst2"], env=hub_env(hub.url, tmp, base={}),
-                            capture_output=True, text=True, timeout=300)
-    return result, "user/bermo-sst2"
+    """`bermo-push CHECKPOINT user/bermo-sst2` in a child process."""
+    return push_cli([str(checkpoint), REPO_ID], hub.url, tmp_path_factory.mktemp("push"))
 
 
 def test_push_uploads_every_file_byte_for_byte_in_one_commit(hub, checkpoint, pushed):
-    result, repo_id = pushed
-    assert result.returncode == 0, result.stderr
-    [(repo, commit_id, summary, paths)] = [commit for commit in hub.commits if commit[0] == repo_id]
+    assert pushed.returncode == 0, pushed.stderr
+    [(_, commit_id, summary, paths)] = [commit for commit in hub.commits if commit[0] == REPO_ID]
     assert summary == "Upload BERMo checkpoint"
-    assert f"pushed {checkpoint} to {hub.url}/{repo_id}/commit/{commit_id}" in result.stdout
-    assert "from transformers import AutoModelForSequenceClassification" in result.stdout
-    assert (f"AutoModelForSequenceClassification.from_pretrained({repo_id!r}, revision={commit_id!r}, "
-            "trust_remote_code=True)") in result.stdout
+    assert f"pushed {checkpoint} to {hub.url}/{REPO_ID}/commit/{commit_id}" in pushed.stdout
+    assert "from transformers import AutoModelForSequenceClassification" in pushed.stdout
+    assert (f"AutoModelForSequenceClassification.from_pretrained({REPO_ID!r}, revision={commit_id!r}, "
+            "trust_remote_code=True)") in pushed.stdout
     local = folder_files(checkpoint)
     assert {"config.json", "model.safetensors", "configuration_bermo.py", "modeling_bermo.py", "README.md",
             "tokenizer.json", "vocab.txt", "tokenizer_config.json"} <= set(local)
-    stored = hub.files(repo_id, commit_id)
+    stored = hub.files(REPO_ID, commit_id)
     assert sorted(stored) == sorted(local) == sorted(paths)
     for name, content in local.items():
         assert stored[name] == content, f"{name} differs on the Hub"
@@ -122,22 +119,28 @@ inputs = torch.load(inputs_path, weights_only=True)
 with torch.no_grad():
     logits = model.eval()(**inputs).logits
 torch.save(logits, logits_path)
-classifier = pipeline("text-classification", model="user/bermo-sst2", trust_remote_code=True)
+classifier = pipeline("text-classification", model="user/bermo-sst2", trust_remote_code=True)  # main
+errors = {}
+from huggingface_hub import hf_hub_download
+for repo, name in [("user/no-such-repo", "config.json"), ("user/bermo-sst2", "no_such_file.json")]:
+    try:
+        hf_hub_download(repo, name)
+    except Exception as error:
+        errors[name] = type(error).__name__
 print(json.dumps({"module": type(model).__module__, "class": type(model).__name__,
-                  "predictions": classifier(json.loads(sentences))}))
+                  "predictions": classifier(json.loads(sentences)), "errors": errors}))
 """
 
 
 @pytest.fixture(scope="module")
 def downloaded(hub, pushed, minilm_inputs, tmp_path_factory):
     """Load the pushed model in a child process without bermo (the printed snippet), and run a pipeline on it."""
-    result, _ = pushed
-    assert result.returncode == 0, result.stderr
-    snippet = textwrap.dedent(result.stdout.split("load it with:\n", 1)[1])
+    assert pushed.returncode == 0, pushed.stderr
+    snippet = textwrap.dedent(pushed.stdout.split("load it with:\n", 1)[1])
     tmp = tmp_path_factory.mktemp("download")
     torch.save(minilm_inputs, tmp / "inputs.pt")
     child = run_python(["-c", DOWNLOAD, snippet, str(tmp / "inputs.pt"), str(tmp / "logits.pt"), json.dumps(SENTENCES)],
-                       env=hub_env(hub.url, tmp))
+                       env=hub_env(hub.url, tmp, no_bermo_env()))
     assert child.returncode == 0, child.stderr
     return json.loads(child.stdout.strip().splitlines()[-1]), torch.load(tmp / "logits.pt", weights_only=True)
 
@@ -160,78 +163,88 @@ def test_pipeline_from_the_hub_names_labels(downloaded):
     assert all(0.0 <= prediction["score"] <= 1.0 for prediction in predictions)
 
 
+def test_unknown_repos_and_files_are_not_found(downloaded):
+    report, _ = downloaded
+    assert report["errors"] == {"config.json": "RepositoryNotFoundError", "no_such_file.json": "RemoteEntryNotFoundError"}
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Refusals: exit code 2, one line on stderr, nothing committed
 
 
-@pytest.fixture
-def endpoint(monkeypatch, tmp_path):
-    """Point this process's huggingface_hub at an endpoint: `endpoint(url, token)`."""
-    from huggingface_hub import constants
-
-    def use(url, token=TOKEN):
-        monkeypatch.setattr(constants, "ENDPOINT", url)
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setenv("HF_TOKEN", token)
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    return use
-
-
-def push_refused(capsys, hub, argv):
-    """Run bermo-push ARGV; assert it exits 2 with one error line and commits nothing; return the line."""
-    commits_before, repo_id = list(hub.commits), argv[1]
-    code = main(argv)
-    captured = capsys.readouterr()
-    assert code == 2, captured
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("bermo-push: error: "), captured.err
+def assert_refused(hub, repo_id, code, stderr, commits_before):
+    """Exit code 2, a single `bermo-push: error:` line, no commit and no repo on the Hub; return the line."""
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bermo-push: error: "), stderr
     assert hub.commits == commits_before and repo_id not in hub.repos
     return lines[0]
 
 
-def test_incomplete_folder_is_refused_naming_what_is_missing(copy_of, hub, endpoint, capsys):
-    folder = copy_of()
+def test_unreachable_endpoint_is_reported(checkpoint, hub, tmp_path):
+    with socket.socket() as sock:  # a port that was just free: nothing listens on it
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    commits_before = list(hub.commits)
+    result = push_cli([str(checkpoint), "user/unreachable"], f"http://127.0.0.1:{port}", tmp_path)
+    line = assert_refused(hub, "user/unreachable", result.returncode, result.stderr, commits_before)
+    assert f"Hub at http://127.0.0.1:{port} refused the token or is unreachable" in line
+
+
+def test_rejected_token_is_reported_before_anything_is_created(checkpoint, hub, tmp_path):
+    commits_before, requests_before = list(hub.commits), len(hub.requests)
+    result = push_cli([str(checkpoint), "user/bad-token"], hub.url, tmp_path, token="hf_wrong_token")
+    line = assert_refused(hub, "user/bad-token", result.returncode, result.stderr, commits_before)
+    assert "refused the token or is unreachable" in line and "Invalid user token" in line
+    assert [path for _, path in hub.requests[requests_before:]] == ["/api/whoami-v2"]
+
+
+@pytest.fixture
+def push_here(monkeypatch, hub, capsys):
+    """`push_here(argv)`: run bermo.hub.main in this process against the fake Hub; (exit code, stdout, stderr)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)  # as in the children: no extra requests
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+
+    def push(argv):
+        code = main(argv)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+    return push
+
+
+def test_incomplete_folder_is_refused_naming_what_is_missing(copy_of, hub, push_here):
+    folder, commits_before = copy_of(), list(hub.commits)
     for name in ("modeling_bermo.py", "tokenizer.json", "vocab.txt"):
         (folder / name).unlink()
-    endpoint(hub.url)
-    line = push_refused(capsys, hub, [str(folder), "user/incomplete"])
-    assert "missing modeling_bermo.py, tokenizer.json or vocab.txt" in line
+    code, _, err = push_here([str(folder), "user/incomplete"])
+    line = assert_refused(hub, "user/incomplete", code, err, commits_before)
+    assert line.endswith("is not a complete BERMo checkpoint: missing modeling_bermo.py, tokenizer.json or vocab.txt")
 
 
-def test_broken_card_metadata_is_refused(copy_of, hub, endpoint, capsys):
-    folder = copy_of()
+def test_broken_card_metadata_is_refused(copy_of, hub, push_here):
+    folder, commits_before = copy_of(), list(hub.commits)
     card = (folder / "README.md").read_text()
-    (folder / "README.md").write_text(card.replace("tags:", "tags: [bermo\n  unclosed:", 1))
-    endpoint(hub.url)
-    line = push_refused(capsys, hub, [str(folder), "user/broken-card"])
-    assert "README.md: invalid model card metadata" in line
+    assert card.startswith("---\n") and "\ntags:\n" in card
+    (folder / "README.md").write_text(card.replace("\ntags:\n", "\ntags: [bermo\n", 1))  # an unclosed YAML list
+    code, _, err = push_here([str(folder), "user/broken-card"])
+    line = assert_refused(hub, "user/broken-card", code, err, commits_before)
+    assert "README.md: invalid model card metadata (" in line
 
 
-def test_unreachable_endpoint_is_reported(checkpoint, hub, endpoint, capsys):
-    endpoint(f"http://127.0.0.1:{closed_port()}")
-    line = push_refused(capsys, hub, [str(checkpoint), "user/unreachable"])
-    assert "refused the token or is unreachable" in line
-
-
-def test_rejected_token_is_reported_before_anything_is_created(checkpoint, hub, endpoint, capsys):
-    endpoint(hub.url, token="hf_wrong_token")
-    requests_before = len(hub.requests)
-    line = push_refused(capsys, hub, [str(checkpoint), "user/bad-token"])
-    assert "refused the token or is unreachable" in line and "Invalid user token" in line
-    assert all(path == "/api/whoami-v2" or "harnesses" in path for _, path in hub.requests[requests_before:])
-
-
-def test_stale_modeling_code_is_refused_unless_allowed(copy_of, hub, endpoint, capsys):
-    folder = copy_of()
+def test_stale_modeling_code_is_refused_unless_allowed(copy_of, hub, push_here):
+    folder, commits_before = copy_of(), list(hub.commits)
     with open(folder / "modeling_bermo.py", "a") as file:
         file.write("\n# edited by hand\n")
-    endpoint(hub.url)
-    line = push_refused(capsys, hub, [str(folder), "user/stale"])
-    assert "modeling_bermo.py differ from the installed bermo's" in line and "--allow-stale-code" in line
-    assert "configuration_bermo.py" not in line
+    code, _, err = push_here([str(folder), "user/stale"])
+    line = assert_refused(hub, "user/stale", code, err, commits_before)
+    assert "modeling files differ from the installed bermo" in line and "modeling_bermo.py" in line and "--allow-stale-code" in line
 
-    assert main([str(folder), "user/stale", "--allow-stale-code", "--commit-message", "old code"]) == 0
+    code, out, err = push_here([str(folder), "user/stale", "--allow-stale-code", "--commit-message", "old code"])
+    assert code == 0, err
     [(_, commit_id, summary, _)] = [commit for commit in hub.commits if commit[0] == "user/stale"]
-    assert summary == "old code"
+    assert summary == "old code" and f"revision='{commit_id}'" in out
     assert hub.files("user/stale", commit_id) == folder_files(folder)
-    assert re.search(rf"revision='{commit_id}'", capsys.readouterr().out)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ._errors import one_line
+from .modeling.configuration_bermo import BERMO_VERSION
 
 MODELING_FILES = ("configuration_bermo.py", "modeling_bermo.py")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -42,7 +43,19 @@ def check_checkpoint(folder, allow_stale_code=False):
         missing.append("tokenizer.json or vocab.txt")
     if missing:
         raise PublishError(f"{folder} is not a complete BERMo checkpoint: missing {', '.join(missing)}")
-    config = json.loads((folder / "config.json").read_text())
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise PublishError(f"{folder}/config.json: not valid JSON ({error})") from None
+    index = folder / "model.safetensors.index.json"
+    if not (folder / "model.safetensors").is_file() and index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise PublishError(f"{index}: not a valid safetensors index ({error})") from None
+        missing_shards = [name for name in shards if not (folder / name).is_file()]
+        if missing_shards:
+            raise PublishError(f"{folder} is not a complete BERMo checkpoint: missing {', '.join(missing_shards)}")
     if config.get("model_type") != "bermo" or "AutoConfig" not in (config.get("auto_map") or {}):
         raise PublishError(f"{folder}/config.json: not a BERMo config with auto_map (model_type {config.get('model_type')!r})")
     if not allow_stale_code:
@@ -52,8 +65,8 @@ def check_checkpoint(folder, allow_stale_code=False):
         ]
         if stale:
             raise PublishError(
-                f"{folder}: {', '.join(stale)} differ from the installed bermo's; re-save the checkpoint with this "
-                "version or pass --allow-stale-code"
+                f"{folder}: modeling files differ from the installed bermo {BERMO_VERSION}'s: {', '.join(stale)}; "
+                "re-save the checkpoint with this version or pass --allow-stale-code"
             )
     return check_card(folder / "README.md")
 
@@ -97,7 +110,9 @@ def push_to_hub(folder, repo_id, private=False, revision=None, commit_message=No
             ignore_patterns=["step_*", "epoch_*", "checkpoint-*", ".*"],
         )
     except Exception as error:
-        raise PublishError(f"push to {repo_id} failed ({one_line(error)}); nothing was committed") from None
+        raise PublishError(
+            f"push to {repo_id} failed ({one_line(error)}); no commit was made (the repository may exist, empty)"
+        ) from None
     config = json.loads((Path(folder) / "config.json").read_text())
     auto_class = next((name for name in config["auto_map"] if name.startswith("AutoModelFor")), "AutoModel")
     architecture = (config.get("architectures") or ["BermoModel"])[0]

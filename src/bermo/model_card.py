@@ -96,7 +96,13 @@ def finetuned_model_card(*, model, task_data, base_model, final_metrics, hyperpa
     glue = task_data.name in ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
     dataset_id = "nyu-mll/glue" if glue else task_data.name
     dataset_name = f"GLUE {task_data.name.upper()}" if glue else task_data.name
-    model_name = f"{Path(str(base_model)).name}-bermo-{task_data.name}"
+    name_root = Path(str(base_model)).name
+    if Path(str(base_model)).is_dir():  # a local folder: name it, and take its own card's base_model if it has one
+        shown_base = f"local folder {name_root}"
+        base_model = source_card_metadata(base_model).get("base_model")
+    else:
+        shown_base = base_model
+    model_name = f"{Path(str(base_model)).name if base_model else name_root}-bermo-{task_data.name}"
     eval_results = [
         EvalResult(
             task_type="text-classification", dataset_type=dataset_id, dataset_name=dataset_name,
@@ -108,7 +114,7 @@ def finetuned_model_card(*, model, task_data, base_model, final_metrics, hyperpa
     ]
     card_data = ModelCardData(
         model_name=model_name,
-        base_model=base_model if base_model and not Path(str(base_model)).exists() else None,
+        base_model=base_model,
         library_name="transformers",
         pipeline_tag="text-classification",
         tags=["bermo", "bert", "custom_code", "text-classification"],
@@ -123,7 +129,7 @@ def finetuned_model_card(*, model, task_data, base_model, final_metrics, hyperpa
         template_path=template_path("finetuned.md"),
         model_name=model_name,
         dataset_name=dataset_name,
-        base_model=base_model,
+        base_model=shown_base,
         bermo_version=BERMO_VERSION,
         results=[(split, metric, f"{value:.4f}") for split, metrics in final_metrics.items()
                  for metric, value in metrics.items()],
