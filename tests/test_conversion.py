@@ -31,7 +31,7 @@ ARCHITECTURES = {
 
 def save_bert(folder, architecture="BertModel", weights="safetensors", **config_kwargs):
     torch.manual_seed(0)
-    config = BertConfig(**TINY_BERT, **config_kwargs)
+    config = BertConfig(**{**TINY_BERT, **config_kwargs})
     model = getattr(transformers, architecture)(config).eval()
     if weights == "bin":
         folder.mkdir(parents=True, exist_ok=True)
@@ -299,3 +299,37 @@ def test_help_explains_every_option():
     for option in ("--task", "--num-labels", "--mix-init", "--mix-layers", "--dtype", "--revision", "--overwrite",
                    "--no-verify", "--push-to-hub", "example:"):
         assert option in result.stdout
+
+
+def test_token_classification_and_question_answering_pipelines_with_remote_code(minilm_path, tmp_path):
+    for architecture in ("BertForTokenClassification", "BertForQuestionAnswering"):
+        source = tmp_path / architecture
+        labels = {"id2label": {0: "O", 1: "B-PER", 2: "I-PER"}} if "Token" in architecture else {}
+        save_bert(source, architecture, **{**labels, "vocab_size": 30522, "max_position_embeddings": 128})
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+            (source / name).write_bytes((minilm_path / name).read_bytes())
+        convert(source, tmp_path / f"{architecture}-bermo", show_progress=False, log=quiet)
+    script = f"""
+from transformers import pipeline
+tagger = pipeline("token-classification", model={str(tmp_path / 'BertForTokenClassification-bermo')!r},
+                  trust_remote_code=True)
+tags = tagger("Alice met Bob in Paris")
+assert tags and all(tag["entity"] in ("O", "B-PER", "I-PER") for tag in tags), tags
+qa_path = {str(tmp_path / 'BertForQuestionAnswering-bermo')!r}
+from transformers.pipelines import SUPPORTED_TASKS
+if "question-answering" in SUPPORTED_TASKS:  # transformers 4.x; 5.x removed the question-answering pipeline
+    reader = pipeline("question-answering", model=qa_path, trust_remote_code=True)
+    answer = reader(question="Who met Bob?", context="Alice met Bob in Paris.")
+    assert set(answer) >= {{"answer", "start", "end", "score"}}, answer
+    reader = reader.model
+else:
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+    reader = AutoModelForQuestionAnswering.from_pretrained(qa_path, trust_remote_code=True)
+    inputs = AutoTokenizer.from_pretrained(qa_path)("Who met Bob?", "Alice met Bob in Paris.", return_tensors="pt")
+    output = reader(**inputs)
+    assert output.start_logits.shape == output.end_logits.shape == inputs["input_ids"].shape
+print("PIPELINES OK", type(tagger.model).__module__, type(reader).__name__)
+"""
+    result = run_python(["-c", script], env=no_bermo_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "PIPELINES OK transformers_modules" in result.stdout and "BermoForQuestionAnswering" in result.stdout
