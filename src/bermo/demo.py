@@ -56,7 +56,7 @@ def main(argv=None):
         "--task_name", "sst2", "--glue_dir", REPO_ROOT / "data" / "sst2_sample", "--max_length", "64",
         "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "64",
         "--learning_rate", str(args.learning_rate), "--num_train_epochs", str(args.num_train_epochs),
-        "--seed", "42", "--overwrite_output_dir",
+        "--seed", "42", "--eval_steps", "94", "--overwrite_output_dir",
     ]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", REPO_ROOT / "finetune.py"]
