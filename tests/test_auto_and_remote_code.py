@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import transformers
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig
 
 import bermo
 from bermo import BermoConfig

@@ -5,8 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +12,6 @@ import transformers
 from safetensors.torch import load_file
 from transformers import BertConfig
 
-from bermo import BermoForSequenceClassification, BermoModel
 from bermo.conversion import ConversionError, convert, main, plan_conversion
 
 from conftest import REPO_ROOT, TINY_BERT, no_bermo_env, run_python

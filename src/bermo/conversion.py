@@ -11,6 +11,7 @@ written in a temporary folder beside OUTPUT_DIR and renamed into place only when
 import argparse
 import json
 import os
+from collections import Counter
 import shutil
 import sys
 import tempfile
@@ -19,10 +20,12 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
+from transformers.utils import WEIGHTS_NAME as TORCH_WEIGHTS_NAME
 
 from ._errors import one_line
 from .hub import PublishError, push_to_hub
-from .modeling.configuration_bermo import BERMO_VERSION, BermoConfig
+from .modeling.configuration_bermo import BermoConfig
 from .modeling.modeling_bermo import (
     BermoForMultipleChoice,
     BermoForQuestionAnswering,
@@ -31,9 +34,6 @@ from .modeling.modeling_bermo import (
     BermoModel,
 )
 
-SAFE_WEIGHTS_NAME = "model.safetensors"
-SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-TORCH_WEIGHTS_NAME = "pytorch_model.bin"
 OTHER_FRAMEWORK_WEIGHTS = ("tf_model.h5", "flax_model.msgpack", "model.ckpt.index")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json", "added_tokens.json")
 
@@ -225,11 +225,13 @@ class ConversionPlan:
     new: list = field(default_factory=list)  # output names written from the config (the mix)
     initialized_on_load: list = field(default_factory=list)  # output names left out: a new head, a new pooler
 
+    def dropped_summary(self):
+        """'12 pretraining-head tensors (cls.*), 1 position_ids buffers', or 'none'."""
+        counts = Counter(self.dropped.values())
+        return ", ".join(f"{count} {reason}" for reason, count in counts.items()) or "none"
+
     def summary(self):
-        dropped = {}
-        for reason in self.dropped.values():
-            dropped[reason] = dropped.get(reason, 0) + 1
-        dropped_text = ", ".join(f"{count} {reason}" for reason, count in dropped.items()) or "none"
+        dropped_text = self.dropped_summary()
         new_text = ", ".join(self.new)
         if self.initialized_on_load:
             new_text += f"; initialized on load: {', '.join(self.initialized_on_load)}"
@@ -332,30 +334,24 @@ def write_safetensors(path, tensors, metadata=None, progress=None):
         os.fsync(file.fileno())
 
 
-def parse_size(text):
-    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-    text = str(text).strip().upper()
-    for unit, factor in units.items():
-        if text.endswith(unit) and text[: -len(unit)].strip().replace(".", "", 1).isdigit():
-            return int(float(text[: -len(unit)]) * factor)
-    if text.isdigit():
-        return int(text)
-    raise ConversionError(f"--max-shard-size {text!r}: expected a size such as 5GB or 500MB")
-
-
 def write_weights(folder, entries, max_shard_size, show_progress=True):
     """Write the entries as model.safetensors, or as shards with an index past `max_shard_size` (as transformers)."""
     from huggingface_hub import split_state_dict_into_shards_factory
 
+    if isinstance(max_shard_size, str) and max_shard_size.isdigit():
+        max_shard_size = int(max_shard_size)
     by_name = {entry[0]: entry for entry in entries}
     sizes = {name: int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
              for name, shape, dtype, _ in entries}
-    split = split_state_dict_into_shards_factory(
-        by_name,
-        get_storage_size=lambda entry: sizes[entry[0]],
-        filename_pattern=SAFE_WEIGHTS_NAME.replace(".safetensors", "{suffix}.safetensors"),
-        max_shard_size=max_shard_size,
-    )
+    try:
+        split = split_state_dict_into_shards_factory(
+            by_name,
+            get_storage_size=lambda entry: sizes[entry[0]],
+            filename_pattern=SAFE_WEIGHTS_NAME.replace(".safetensors", "{suffix}.safetensors"),
+            max_shard_size=max_shard_size,
+        )
+    except ValueError as error:
+        raise ConversionError(f"--max-shard-size {max_shard_size!r}: {one_line(error)} (e.g. 5GB or 500MB)") from None
     with tqdm(total=len(entries), desc="writing tensors", unit="tensor", disable=not show_progress or None) as bar:
         for filename, names in split.filename_to_tensors.items():
             write_safetensors(folder / filename, [by_name[name] for name in names], {"format": "pt"}, bar)
@@ -480,8 +476,8 @@ def convert(
     remove_stale_temporary_folders(output_dir)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.bermo-tmp-{os.getpid()}-", dir=output_dir.parent))
     try:
-        write_weights(staging, entries, parse_size(max_shard_size), show_progress)
-        del weights, entries  # release the source's mapped tensors before verification loads both models
+        write_weights(staging, entries, max_shard_size, show_progress)
+        entries = weights = None  # release the source's mapped tensors before verification loads both models
         meta_model.set_auto_map()
         from transformers.dynamic_module_utils import custom_object_save
 

@@ -76,7 +76,7 @@ def main(argv=None):
     print("   | model | dev accuracy |\n   |---|---|")
     for name, accuracy in accuracies.items():
         print(f"   | {name} | {accuracy:.4f} |")
-    print(f"\n5. classifying with the saved BERMo model in a fresh process (trust_remote_code=True):", flush=True)
+    print("\n5. classifying with the saved BERMo model in a fresh process (trust_remote_code=True):", flush=True)
     environment = dict(os.environ, HF_HUB_OFFLINE="1")
     code = CLASSIFY.format(model=str(workdir / "sst2-bermo"), sentences=SENTENCES)
     result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True)

@@ -114,10 +114,9 @@ def push_to_hub(folder, repo_id, private=False, revision=None, commit_message=No
             f"push to {repo_id} failed ({one_line(error)}); no commit was made (the repository may exist, empty)"
         ) from None
     config = json.loads((Path(folder) / "config.json").read_text())
-    auto_class = next((name for name in config["auto_map"] if name.startswith("AutoModelFor")), "AutoModel")
     architecture = (config.get("architectures") or ["BermoModel"])[0]
     auto_class = next((name for name, target in config["auto_map"].items() if target.endswith("." + architecture)),
-                      auto_class)
+                      "AutoModel")
     log(f"pushed {folder} to {commit.commit_url}")
     log("load it with:\n"
         f"    from transformers import {auto_class}\n"

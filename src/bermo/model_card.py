@@ -57,9 +57,6 @@ def converted_model_card(
             f"The output was reloaded and compared with the source on {verification['inputs']}: {figures}. "
             "A difference above 1e-5 (float32; relative to the largest activation when that exceeds 1) fails."
         )
-    dropped = {}
-    for reason in plan.dropped.values():
-        dropped[reason] = dropped.get(reason, 0) + 1
     rows, scale = mix_table(config)
     return ModelCard.from_template(
         card_data,
@@ -76,7 +73,7 @@ def converted_model_card(
         mix_init=config.mix_init,
         kept_count=len(plan.sources),
         dropped_count=len(plan.dropped),
-        dropped_summary=", ".join(f"{count} {reason}" for reason, count in dropped.items()) or "none",
+        dropped_summary=plan.dropped_summary(),
         new_summary=", ".join(plan.new + [f"{name} (initialized on load)" for name in plan.initialized_on_load]),
         head_is_new=any(name.startswith(("classifier.", "qa_outputs.")) for name in plan.initialized_on_load),
         dtype=dtype,
