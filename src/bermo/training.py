@@ -55,6 +55,12 @@ def build_parser():
     data.add_argument("--test_file", help="data to predict (labels optional); predictions go to OUTPUT_DIR")
     data.add_argument("--text_columns", nargs="+", help="one or two text columns (default: detected)")
     data.add_argument("--label_column", help="the label column (default: label, labels, score or gold_label)")
+    labels = data.add_mutually_exclusive_group()
+    labels.add_argument("--regression", dest="label_type", action="store_const", const="regression",
+                        help="treat the label column as a regression target (default: decided by the column's type: "
+                        "float columns are regression, integer and string columns classes)")
+    labels.add_argument("--classification", dest="label_type", action="store_const", const="classification",
+                        help="treat the label column as classes, e.g. a float column of whole numbers 1.0..5.0")
     data.add_argument("--max_length", type=int, default=128, help="tokens per example, truncated beyond")
     data.add_argument("--pad_to_max_length", action=boolean, default=False,
                       help="pad every example to --max_length (default: pad each batch to its longest)")
@@ -88,6 +94,12 @@ def build_parser():
     run.add_argument("--eval_steps", type=int, help="evaluate every N optimizer steps (and always at the end)")
     run.add_argument("--checkpointing_steps", help="save the training state every N steps, or 'epoch'")
     run.add_argument("--resume_from_checkpoint", help="a saved state folder, or 'latest' in output_dir")
+    run.add_argument("--save_model", action=boolean, default=True,
+                     help="save the final model, tokenizer and card (--no-save_model: metrics and plots only, "
+                     "e.g. for experiment grids)")
+    run.add_argument("--save_eval_predictions", action=boolean, default=False,
+                     help="write every evaluation's per-example predictions and references to "
+                     "OUTPUT_DIR/eval_predictions.jsonl (for paired statistics across runs)")
     run.add_argument("--with_tracking", action=boolean, default=False, help="log metrics to the trackers")
     run.add_argument("--report_to", default="all", help="trackers for --with_tracking (tensorboard, wandb, ...)")
     run.add_argument("--push_to_hub", action=boolean, default=False, help="push the final model to the Hub")
@@ -107,6 +119,11 @@ def check_args(args):
             raise TrainingError(f"--{name} must be at least 1")
     if args.push_to_hub and not args.hub_model_id:
         raise TrainingError("--push_to_hub needs --hub_model_id")
+    if args.push_to_hub and args.model_type == "bert":
+        raise TrainingError("--push_to_hub publishes BERMo checkpoints (with their modeling code and card); "
+                            "--model_type bert runs are baselines: push them with huggingface_hub yourself")
+    if args.push_to_hub and not args.save_model:
+        raise TrainingError("--push_to_hub needs the saved model; drop --no-save_model")
     output_dir = Path(args.output_dir)
     if (output_dir.is_dir() and any(output_dir.iterdir()) and not args.overwrite_output_dir
             and args.resume_from_checkpoint is None):
@@ -159,11 +176,16 @@ def load_model(args, task_data):
     return model
 
 
-def optimizer_groups(model, args):
-    """Weight matrices decay; biases, LayerNorm and the layer mix (own learning rate) do not (nanoGPT's rule)."""
+def optimizer_groups(model, args, features=()):
+    """Weight matrices decay; biases, LayerNorm and the layer mix (own learning rate) do not (nanoGPT's rule).
+
+    Features (e.g. pruning's mask scores) bring their own groups; their parameters leave the default ones.
+    """
+    extra = [group for groups in call_features(features, "parameter_groups", model) for group in groups]
+    claimed = {id(parameter) for group in extra for parameter in group["params"]}
     mix, decay, no_decay = [], [], []
     for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
+        if not parameter.requires_grad or id(parameter) in claimed:
             continue
         if ".layer_mix." in f".{name}":
             mix.append(parameter)
@@ -174,7 +196,7 @@ def optimizer_groups(model, args):
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if mix:
         groups.append({"params": mix, "weight_decay": 0.0, "lr": args.mix_learning_rate})
-    return groups
+    return groups + [group for group in extra if group["params"]]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -190,8 +212,10 @@ def tokenize(task_data, tokenizer, args):
 
     encoded = {}
     for split, dataset in task_data.splits.items():
-        encoded[split] = dataset.map(encode, batched=True, remove_columns=list(task_data.text_columns),
-                                     desc=f"tokenizing {split}")
+        # keep only the model's inputs and the labels: an `idx` (Hub GLUE) or `index` (GLUE test.tsv) column would
+        # reach forward() as an unexpected keyword argument
+        dropped = [name for name in dataset.column_names if name != "label"]
+        encoded[split] = dataset.map(encode, batched=True, remove_columns=dropped, desc=f"tokenizing {split}")
         if "label" in encoded[split].column_names:
             encoded[split] = encoded[split].rename_column("label", "labels")
     return encoded
@@ -231,13 +255,17 @@ def predict(model, loader, accelerator, regression):
     return torch.cat(predictions), (torch.cat(references) if references else None)
 
 
-def evaluate(model, loaders, task_data, accelerator):
+def evaluate(model, loaders, task_data, accelerator, predictions_log=None, step=None):
+    """Metrics per evaluation split; with a `predictions_log`, each example's prediction and reference too."""
     from .metrics import task_metrics
 
     results = {}
     for split in task_data.eval_splits:
         predictions, references = predict(model, loaders[split], accelerator, task_data.num_labels == 1)
         results[split] = task_metrics(predictions.numpy(), references.numpy(), task_data.metric, task_data.num_labels)
+        if predictions_log is not None:
+            predictions_log.append({"step": step, "split": split, "predictions": predictions.tolist(),
+                                    "references": references.tolist()})
     return results
 
 
@@ -262,14 +290,32 @@ class MetricsLog:
         return [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.is_file() else []
 
 
+REMAINING_FIGURES = ("remaining_encoder_fraction", "remaining_model_fraction")
+
+
 def plot_learning_curve(records, path, metric):
+    """Training loss and the task's own metric per evaluation split; with pruning, the remaining weights below."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     train = [(r["step"], r["loss"]) for r in records if r["split"] == "train"]
-    figure, loss_axis = plt.subplots(figsize=(6, 4))
+    evaluations = [r for r in records if r["split"] != "train"]
+    pruned = any(name in r for r in evaluations for name in REMAINING_FIGURES)
+    if pruned:
+        figure, (loss_axis, remaining_axis) = plt.subplots(2, 1, figsize=(6, 6), sharex=True,
+                                                          gridspec_kw={"height_ratios": [2, 1]})
+        first_split = evaluations[0]["split"]
+        for name in REMAINING_FIGURES:
+            points = [(r["step"], r[name]) for r in evaluations if r["split"] == first_split and name in r]
+            if points:
+                remaining_axis.plot(*zip(*points), marker=".", label=name.replace("_", " "))
+        remaining_axis.set_ylabel("remaining weights")
+        remaining_axis.set_xlabel("optimizer step")
+        remaining_axis.legend(fontsize="small")
+    else:
+        figure, loss_axis = plt.subplots(figsize=(6, 4))
     if train:
         loss_axis.plot(*zip(*train), color="tab:blue", label="training loss")
     loss_axis.set_xlabel("optimizer step")
@@ -280,7 +326,8 @@ def plot_learning_curve(records, path, metric):
         if points:
             metric_axis.plot(*zip(*points), marker="o", label=f"{split} {metric}")
     metric_axis.set_ylabel(metric)
-    figure.legend(loc="upper right")
+    loss_axis.legend(*[a + b for a, b in zip(loss_axis.get_legend_handles_labels(),
+                                              metric_axis.get_legend_handles_labels())], loc="best")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -340,8 +387,66 @@ def resume_position(checkpoint, steps_per_epoch, gradient_accumulation_steps):
 # The loop
 
 
+def build_features(args, max_train_steps):
+    """The features that hang off the loop for these arguments (pruning, ...), validated; see `TrainingFeature`."""
+    features = []
+    if getattr(args, "pruning_method", None) is not None:
+        from .pruning import Pruner
+
+        try:
+            features.append(Pruner.from_args(args, max_train_steps))
+        except ValueError as error:
+            raise TrainingError(str(error)) from None
+    return features
+
+
+class TrainingFeature:
+    """What a feature (pruning, ...) may hook into the loop; every method is optional, called at fixed points:
+
+    - `setup(model) -> model` once, before the optimizer exists (e.g. swap modules);
+    - `parameter_groups(model) -> [group]` extra optimizer groups; their parameters leave the default groups;
+    - `on_step(step)` before each optimizer step's forward and before each evaluation (`step` = completed steps);
+    - `penalty(model) -> tensor | None` added to the task loss;
+    - `eval_figures(model) -> dict` logged beside each evaluation's metrics;
+    - `config() -> dict` stored in every checkpoint: resuming with another configuration is refused;
+    - `state_dict()` / `load_state_dict()` saved and restored with the training state;
+    - `export(model) -> model` the model to save at the end; `card_info() -> dict` for the model card and
+      final_metrics.json.
+
+    The loop itself only ever calls these through `call_features`, so a new feature needs no change to the loop.
+    """
+
+
+def call_features(features, method, *args):
+    """Call `method` on every feature that has it; return their results in order."""
+    return [getattr(feature, method)(*args) for feature in features if hasattr(feature, method)]
+
+
+FEATURES_FILE = "features.json"
+
+
+def check_resume_features(checkpoint, features):
+    """Refuse to resume a checkpoint written with other features (e.g. pruning flags added, dropped or changed)."""
+    path = Path(checkpoint) / FEATURES_FILE
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    current = {type(feature).__name__: feature.config() for feature in features if hasattr(feature, "config")}
+    if saved != current:
+        raise TrainingError(
+            f"--resume_from_checkpoint {checkpoint}: it was saved with {json.dumps(saved) if saved else 'no features'}, "
+            f"this run has {json.dumps(current) if current else 'none'}; resume with the same flags"
+        )
+
+
+def steps_per_epoch_of(train_loader, accelerator, gradient_accumulation_steps):
+    """Optimizer steps per epoch of one process: its share of the batches (accelerate pads to even shares)."""
+    return math.ceil(math.ceil(len(train_loader) / accelerator.num_processes) / gradient_accumulation_steps)
+
+
 def train(args):
-    """Fine-tune as the arguments say; return the final metrics {split: {metric: value}}."""
+    """Fine-tune as the arguments say; return the final metrics {split: {metric: value}}.
+
+    Everything that can be refused (data, model, feature flags, resume state) is checked before anything is written.
+    """
     from transformers import AutoTokenizer, get_scheduler
 
     check_args(args)
@@ -358,11 +463,6 @@ def train(args):
     accelerator.print(f"training on {accelerator.num_processes} process(es) ({accelerator.distributed_type.value}, "
                       f"device {accelerator.device}, mixed precision {accelerator.mixed_precision})")
     output_dir = Path(args.output_dir)
-    if accelerator.is_main_process:
-        if args.overwrite_output_dir and args.resume_from_checkpoint is None and output_dir.is_dir():
-            shutil.rmtree(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
 
     try:
         task_data = load_task_data(args)
@@ -376,14 +476,36 @@ def train(args):
     with accelerator.main_process_first():
         encoded = tokenize(task_data, tokenizer, args)
     train_loader, eval_loaders = make_loaders(encoded, tokenizer, args)
+    steps_per_epoch = steps_per_epoch_of(train_loader, accelerator, args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    features = build_features(args, max_train_steps)
+    for feature in features:
+        if hasattr(feature, "setup"):
+            try:
+                model = feature.setup(model)
+            except ValueError as error:
+                raise TrainingError(str(error)) from None
+    checkpoint = None
+    if args.resume_from_checkpoint:
+        checkpoint = (latest_checkpoint(output_dir) if args.resume_from_checkpoint == "latest"
+                      else Path(args.resume_from_checkpoint))
+        if checkpoint is None or not checkpoint.is_dir():
+            raise TrainingError(f"--resume_from_checkpoint {args.resume_from_checkpoint}: no saved state found")
+        check_resume_features(checkpoint, features)
 
-    optimizer = torch.optim.AdamW(optimizer_groups(model, args), lr=args.learning_rate)
+    # Nothing was written so far: now the output folder.
+    if accelerator.is_main_process:
+        if args.overwrite_output_dir and args.resume_from_checkpoint is None and output_dir.is_dir():
+            shutil.rmtree(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+
+    optimizer = torch.optim.AdamW(optimizer_groups(model, args, features), lr=args.learning_rate)
     model, optimizer, train_loader, *prepared = accelerator.prepare(
         model, optimizer, train_loader, *eval_loaders.values()
     )
     eval_loaders = dict(zip(eval_loaders, prepared))
     steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)  # this process's share
-    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     num_epochs = math.ceil(max_train_steps / steps_per_epoch)
     # a prepared scheduler steps once per process for every optimizer step
     scheduler = accelerator.prepare(get_scheduler(
@@ -391,28 +513,65 @@ def train(args):
         num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
         num_training_steps=max_train_steps * accelerator.num_processes,
     ))
+    for feature in features:
+        if hasattr(feature, "state_dict"):
+            accelerator.register_for_checkpointing(feature)
     if args.with_tracking:
         accelerator.init_trackers("bermo_finetune", {k: v for k, v in vars(args).items()
                                                       if isinstance(v, (int, float, str, bool))})
 
     completed_steps, start_epoch, skip_batches = 0, 0, 0
     metrics_log = MetricsLog(output_dir / "metrics.jsonl", accelerator)
-    if args.resume_from_checkpoint:
-        checkpoint = (latest_checkpoint(output_dir) if args.resume_from_checkpoint == "latest"
-                      else Path(args.resume_from_checkpoint))
-        if checkpoint is None or not checkpoint.is_dir():
-            raise TrainingError(f"--resume_from_checkpoint {args.resume_from_checkpoint}: no saved state found")
+    predictions_log = MetricsLog(output_dir / "eval_predictions.jsonl", accelerator)
+    if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         completed_steps, start_epoch, skip_batches = resume_position(checkpoint, steps_per_epoch,
                                                                      args.gradient_accumulation_steps)
         metrics_log.keep_until(completed_steps)
+        predictions_log.keep_until(completed_steps)
         accelerator.print(f"resumed from {checkpoint} at step {completed_steps}")
     else:
         metrics_log.keep_until(-1)
+        predictions_log.keep_until(-1)
+
+    def run_evaluation(epoch):
+        call_features(features, "on_step", completed_steps)
+        results = evaluate(model, eval_loaders, task_data, accelerator,
+                           predictions_log if args.save_eval_predictions else None, completed_steps)
+        figures = {}
+        for extra in call_features(features, "eval_figures", accelerator.unwrap_model(model)):
+            figures.update(extra)
+        for split, values in results.items():
+            metrics_log.append({"step": completed_steps, "epoch": epoch, "split": split, **values, **figures})
+            if args.with_tracking:
+                accelerator.log({f"{split}_{k}": v for k, v in {**values, **figures}.items()}, step=completed_steps)
+        progress.write(f"step {completed_steps}: " + "; ".join(
+            f"{split} " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()) for split, values in results.items())
+            + "".join(f"; {k} {v:.4f}" for k, v in figures.items() if isinstance(v, float)))
+        return results
+
+    def stop_if_not_finite():
+        # One device sync at logging and checkpoint steps, not one per micro-batch.
+        bad = int(first_bad_step.item())
+        if bad >= 0:
+            raise TrainingError(
+                f"loss became non-finite (nan or inf) at step {bad}; stopped. Last good checkpoint: "
+                f"{last_checkpoint or 'none saved'}"
+            )
+
+    def save_training_state(name):
+        stop_if_not_finite()
+        path = save_checkpoint(accelerator, output_dir, name)
+        if accelerator.is_main_process:
+            current = {type(f).__name__: f.config() for f in features if hasattr(f, "config")}
+            write_atomically(path / FEATURES_FILE, json.dumps(current) + "\n")
+        accelerator.wait_for_everyone()
+        return path
 
     checkpoint_every = int(args.checkpointing_steps) if str(args.checkpointing_steps).isdigit() else None
     log_every = max(1, max_train_steps // 100)
     last_checkpoint = None
+    first_bad_step = torch.full((), -1, dtype=torch.long, device=accelerator.device)
     progress = tqdm(total=max_train_steps, initial=completed_steps, disable=not accelerator.is_local_main_process,
                     desc="fine-tuning", unit="step")
     final_metrics = None
@@ -424,61 +583,65 @@ def train(args):
             batches = train_loader
             if epoch == start_epoch and skip_batches:
                 batches = accelerator.skip_first_batches(train_loader, skip_batches)
-            running_loss, running_count = 0.0, 0
+            running_loss, running_count = torch.zeros((), device=accelerator.device), 0
             for batch in batches:
                 with accelerator.accumulate(model):
+                    call_features(features, "on_step", completed_steps)
                     loss = model(**batch).loss
-                    if not torch.isfinite(loss).all():
-                        raise TrainingError(
-                            f"loss became {loss.item()} at step {completed_steps + 1}; stopped. Last good checkpoint: "
-                            f"{last_checkpoint or 'none saved'}"
-                        )
-                    accelerator.backward(loss)
+                    total_loss = loss
+                    for penalty in call_features(features, "penalty", model):
+                        if penalty is not None:
+                            total_loss = total_loss + penalty
+                    finite = torch.isfinite(total_loss.detach())
+                    first_bad_step = torch.where(finite | (first_bad_step >= 0), first_bad_step,
+                                                 first_bad_step.new_full((), completed_steps + 1))
+                    accelerator.backward(total_loss)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
-                running_loss += loss.detach().float().item()
+                running_loss += loss.detach().float()
                 running_count += 1
                 if not accelerator.sync_gradients:
                     continue
                 completed_steps += 1
-                learning_rate = scheduler.get_last_lr()[0]
                 progress.update(1)
-                progress.set_postfix(loss=f"{running_loss / running_count:.4f}", lr=f"{learning_rate:.2e}")
                 if completed_steps % log_every == 0 or completed_steps == max_train_steps:
+                    stop_if_not_finite()
+                    learning_rate = scheduler.get_last_lr()[0]
                     record = {"step": completed_steps, "epoch": epoch, "split": "train",
-                              "loss": running_loss / running_count, "learning_rate": learning_rate}
+                              "loss": running_loss.item() / running_count, "learning_rate": learning_rate}
+                    progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{learning_rate:.2e}")
                     metrics_log.append(record)
                     if args.with_tracking:
                         accelerator.log({"train_loss": record["loss"], "learning_rate": learning_rate},
                                         step=completed_steps)
-                    running_loss, running_count = 0.0, 0
+                    running_loss, running_count = torch.zeros((), device=accelerator.device), 0
                 at_end = completed_steps >= max_train_steps
                 if at_end or (args.eval_steps and completed_steps % args.eval_steps == 0):
-                    final_metrics = evaluate(model, eval_loaders, task_data, accelerator)
-                    for split, values in final_metrics.items():
-                        metrics_log.append({"step": completed_steps, "epoch": epoch, "split": split, **values})
-                        if args.with_tracking:
-                            accelerator.log({f"{split}_{k}": v for k, v in values.items()}, step=completed_steps)
-                    progress.write(f"step {completed_steps}: " + "; ".join(
-                        f"{split} " + ", ".join(f"{k} {v:.4f}" for k, v in values.items())
-                        for split, values in final_metrics.items()))
+                    stop_if_not_finite()
+                    final_metrics = run_evaluation(epoch)
                 if checkpoint_every and completed_steps % checkpoint_every == 0:
-                    last_checkpoint = save_checkpoint(accelerator, output_dir, f"step_{completed_steps}")
+                    last_checkpoint = save_training_state(f"step_{completed_steps}")
                 if at_end:
                     break
             if args.checkpointing_steps == "epoch":
-                last_checkpoint = save_checkpoint(accelerator, output_dir, f"epoch_{epoch}")
+                last_checkpoint = save_training_state(f"epoch_{epoch}")
             if completed_steps >= max_train_steps:
                 break
+        stop_if_not_finite()
     finally:
         progress.close()
     if final_metrics is None:  # resumed from the last step: evaluate the restored model
-        final_metrics = evaluate(model, eval_loaders, task_data, accelerator)
+        final_metrics = run_evaluation(start_epoch)
     if "test" in eval_loaders:
         write_predictions(model, eval_loaders["test"], task_data, accelerator, output_dir / "predictions.tsv")
     accelerator.wait_for_everyone()
-    save_final_model(accelerator, model, tokenizer, task_data, args, final_metrics, metrics_log, len(encoded["train"]))
+    final_model = accelerator.unwrap_model(model)
+    for feature in features:
+        if hasattr(feature, "export"):
+            final_model = feature.export(final_model)
+    save_final_outputs(accelerator, final_model, tokenizer, task_data, args, final_metrics, metrics_log,
+                       len(encoded["train"]), features)
     if args.with_tracking:
         accelerator.end_training()
     if args.push_to_hub and accelerator.is_main_process:
@@ -491,6 +654,14 @@ def train(args):
     return final_metrics
 
 
+def write_atomically(path, text):
+    """Write text to path through a temporary file in the same folder, so that readers never see half a file."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
 def write_predictions(model, loader, task_data, accelerator, path):
     predictions, _ = predict(model, loader, accelerator, task_data.num_labels == 1)
     if accelerator.is_main_process:
@@ -501,35 +672,47 @@ def write_predictions(model, loader, task_data, accelerator, path):
         Path(path).write_text("\n".join(lines) + "\n")
 
 
-def save_final_model(accelerator, model, tokenizer, task_data, args, final_metrics, metrics_log, train_size):
-    """save_pretrained (safetensors, modeling files), tokenizer, plots and model card, on the main process."""
+def save_final_outputs(accelerator, model, tokenizer, task_data, args, final_metrics, metrics_log, train_size,
+                       features=()):
+    """On the main process: final_metrics.json, layer_mix.json (BERMo), plots; unless --no-save_model, the model
+    (save_pretrained: safetensors, modeling files), tokenizer and model card."""
     from .model_card import finetuned_model_card
 
     output_dir = Path(args.output_dir)
-    unwrapped = accelerator.unwrap_model(model)
-    unwrapped.save_pretrained(output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
+    if args.save_model:
+        model.save_pretrained(output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
     if not accelerator.is_main_process:
         return
-    tokenizer.save_pretrained(output_dir)
+    summary = dict(final_metrics)
+    for info in call_features(features, "card_info"):
+        summary.update(info)
     records = metrics_log.records()
-    main_metric = next(iter(next(iter(final_metrics.values()))))
-    plot_learning_curve(records, output_dir / "learning_curve.png", main_metric)
-    is_bermo = hasattr(unwrapped, "layer_mix_weights")
+    plot_learning_curve(records, output_dir / "learning_curve.png", task_data.metric if any(
+        task_data.metric in r for r in records) else next(iter(next(iter(final_metrics.values())))))
+    is_bermo = hasattr(model, "layer_mix_weights")
     if is_bermo:
-        plot_layer_weights(unwrapped, output_dir / "layer_weights.png")
-        hyperparameters = {
-            name: getattr(args, name) for name in (
-                "learning_rate", "mix_learning_rate", "weight_decay", "per_device_train_batch_size",
-                "gradient_accumulation_steps", "num_train_epochs", "max_train_steps", "lr_scheduler_type",
-                "num_warmup_steps", "max_length", "seed")
-        }
-        hyperparameters["num_processes"] = accelerator.num_processes
-        hyperparameters["mixed_precision"] = accelerator.mixed_precision
-        finetuned_model_card(
-            model=unwrapped, task_data=task_data, base_model=args.model_name_or_path, final_metrics=final_metrics,
-            hyperparameters=hyperparameters, has_layer_plot=True, train_size=train_size,
-        ).save(output_dir / "README.md")
-    (output_dir / "final_metrics.json").write_text(json.dumps(final_metrics, indent=2) + "\n")
+        weights, scale = model.layer_mix_weights()
+        write_atomically(output_dir / "layer_mix.json", json.dumps({
+            "layers": list(model.config.mix_layer_indices), "weights": weights.tolist(), "scale": scale.item()}) + "\n")
+        plot_layer_weights(model, output_dir / "layer_weights.png")
+    if args.save_model:
+        tokenizer.save_pretrained(output_dir)
+        if is_bermo:
+            hyperparameters = {
+                name: getattr(args, name) for name in (
+                    "learning_rate", "mix_learning_rate", "weight_decay", "per_device_train_batch_size",
+                    "gradient_accumulation_steps", "num_train_epochs", "max_train_steps", "lr_scheduler_type",
+                    "num_warmup_steps", "max_length", "seed")
+            }
+            hyperparameters["num_processes"] = accelerator.num_processes
+            hyperparameters["mixed_precision"] = accelerator.mixed_precision
+            for info in call_features(features, "card_info"):  # e.g. pruning: method, thresholds, remaining weights
+                hyperparameters.update(info)
+            finetuned_model_card(
+                model=model, task_data=task_data, base_model=args.model_name_or_path, final_metrics=final_metrics,
+                hyperparameters=hyperparameters, has_layer_plot=True, train_size=train_size,
+            ).save(output_dir / "README.md")
+    write_atomically(output_dir / "final_metrics.json", json.dumps(summary, indent=2) + "\n")
 
 
 def main(argv=None):
