@@ -330,3 +330,114 @@ print("PIPELINES OK", type(tagger.model).__module__, type(reader).__name__)
     result = run_python(["-c", script], env=no_bermo_env())
     assert result.returncode == 0, result.stderr[-3000:]
     assert "PIPELINES OK transformers_modules" in result.stdout and "BermoForQuestionAnswering" in result.stdout
+
+
+def folder_bytes(folder):
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("layout", ["output inside source", "source inside output", "same folder",
+                                    "output inside source through a symlink", "same folder through a symlink"])
+def test_source_and_output_never_overlap_even_with_overwrite(tmp_path, layout):
+    source = {"source inside output": tmp_path / "out" / "source"}.get(layout, tmp_path / "source")
+    save_bert(source)
+    (tmp_path / "link").symlink_to(source, target_is_directory=True)
+    output = {
+        "output inside source": source / "bermo",
+        "source inside output": tmp_path / "out",
+        "same folder": tmp_path / "source" / ".." / "source",
+        "output inside source through a symlink": tmp_path / "link" / "bermo",
+        "same folder through a symlink": tmp_path / "link",
+    }[layout]
+    before = folder_bytes(tmp_path)
+    result = run_cli([str(source), str(output), "--overwrite"])
+    assert result.returncode == 2, result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("bermo-convert: error:")]
+    expected = {"source inside output": "holds the source", "same folder": "is the source folder",
+                "same folder through a symlink": "is the source folder"}.get(layout, "is inside the source")
+    assert expected in line and "source" in line
+    assert folder_bytes(tmp_path) == before  # nothing written, nothing deleted
+
+
+def test_decoder_without_cross_attention_converts_as_an_encoder(tmp_path, tiny_inputs):
+    save_bert(tmp_path / "source", "BertLMHeadModel", is_decoder=True)
+    assert json.loads((tmp_path / "source" / "config.json").read_text())["is_decoder"] is True
+    result = convert(tmp_path / "source", tmp_path / "out", mix_init="last", show_progress=False, log=quiet)
+    assert result.task == "base" and result.verification["hidden_states_max_abs_diff"] <= 1e-5
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["architectures"] == ["BermoModel"] and saved["is_decoder"] is False
+    encoder = transformers.BertModel.from_pretrained(tmp_path / "source", is_decoder=False).eval()
+    model = transformers.AutoModel.from_pretrained(tmp_path / "out").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**tiny_inputs).last_hidden_state,
+                                   encoder(**tiny_inputs).last_hidden_state, atol=1e-5, rtol=0)
+    assert "`is_decoder` was cleared" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_decoder_with_cross_attention_is_refused(tmp_path):
+    save_bert(tmp_path / "source", "BertLMHeadModel", is_decoder=True, add_cross_attention=True)
+    assert_refused(tmp_path, [str(tmp_path / "source"), str(tmp_path / "out")],
+                   "source is a decoder with cross-attention (bert.encoder.layer.0.crossattention.")
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float32", "1e-05"), ("float16", "0.01"), ("bfloat16", "0.05")])
+def test_card_states_the_tolerance_used(tmp_path, dtype, tolerance):
+    save_bert(tmp_path / "source")
+    result = convert(tmp_path / "source", tmp_path / "out", dtype=dtype, show_progress=False, log=quiet)
+    assert f"{result.verification['tolerance']:g}" == tolerance
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert f"A difference above {tolerance} (the tolerance for {dtype} weights;" in card
+    assert card.count("1e-5") == 0 and (dtype == "float32") == ("1e-05" in card)
+
+
+KILL_BETWEEN_RENAMES = """
+import os, signal, sys
+import bermo.conversion as c
+rename = os.rename
+def rename_then_die(src, dst):
+    rename(src, dst)
+    if os.path.basename(os.path.dirname(dst)).startswith(".out.bermo-old-"):  # the old output is aside
+        os.kill(os.getpid(), signal.SIGKILL)
+os.rename = rename_then_die
+sys.exit(c.main(sys.argv[1:]))
+"""
+
+
+def test_kill_between_the_two_renames_is_recovered_by_the_next_run(tmp_path):
+    save_bert(tmp_path / "source")
+    convert(tmp_path / "source", tmp_path / "out", mix_init="last", show_progress=False, log=quiet)
+    before = folder_bytes(tmp_path / "out")
+    killed = subprocess.run([sys.executable, "-c", KILL_BETWEEN_RENAMES, str(tmp_path / "source"),
+                             str(tmp_path / "out"), "--overwrite", "--mix-init", "uniform"], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    [aside] = tmp_path.glob(".out.bermo-old-*")
+    assert not (tmp_path / "out").exists() and folder_bytes(aside / "old") == before
+    assert list(tmp_path.glob(".out.bermo-tmp-*"))  # the dead run's finished staging folder
+
+    # the next run puts the previous output back (then refuses to replace it without --overwrite), and cleans up
+    result = run_cli([str(tmp_path / "source"), str(tmp_path / "out")])
+    assert result.returncode == 2 and "exists and is not empty; pass --overwrite" in result.stderr
+    assert f"restored {tmp_path / 'out'} from {aside.name}" in result.stdout
+    assert folder_bytes(tmp_path / "out") == before
+    assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".out.")]
+    assert run_cli([str(tmp_path / "source"), str(tmp_path / "out"), "--overwrite"]).returncode == 0
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["mix_init"] == "uniform"
+    assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".out.")]
+
+
+def test_failed_second_rename_puts_the_previous_output_back(tmp_path, monkeypatch):
+    save_bert(tmp_path / "source")
+    convert(tmp_path / "source", tmp_path / "out", mix_init="last", show_progress=False, log=quiet)
+    before = folder_bytes(tmp_path / "out")
+    rename = os.rename
+
+    def failing_rename(src, dst):
+        if str(dst) == str(tmp_path / "out") and ".out.bermo-tmp-" in str(src):
+            raise OSError(28, "No space left on device")
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing_rename)
+    with pytest.raises(OSError, match="No space left"):
+        convert(tmp_path / "source", tmp_path / "out", overwrite=True, show_progress=False, log=quiet)
+    assert folder_bytes(tmp_path / "out") == before
+    assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".out.")]

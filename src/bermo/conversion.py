@@ -6,6 +6,14 @@ The source is a local folder or a Hub model id (resolved like `from_pretrained`:
 token) holding `model.safetensors`, a sharded safetensors index or `pytorch_model.bin`. The weights are mapped by a
 pure function over names and shapes (`plan_conversion`), then streamed tensor by tensor into the output, which is
 written in a temporary folder beside OUTPUT_DIR and renamed into place only when complete and verified.
+
+Source and output never overlap (compared as resolved paths, either inside the other), even with --overwrite.
+Replacing an existing OUTPUT_DIR takes two renames (old output aside, new output in); a run killed between them
+leaves `.NAME.bermo-old-PID-*` beside a missing OUTPUT_DIR, and the next run puts the old output back first.
+
+`BertLMHeadModel` (BERT trained as a causal decoder, `is_decoder=True`) converts to a BERMo base model when it has
+no cross-attention weights: `is_decoder` is cleared, so the BERMo model attends in both directions, as BERT's encoder
+does; verification compares it with the source run the same way. A decoder with cross-attention is refused.
 """
 
 import argparse
@@ -65,7 +73,7 @@ SOURCE_ARCHITECTURES = {
     "BertModel": "base",
     "BertForPreTraining": "base",
     "BertForMaskedLM": "base",
-    "BertLMHeadModel": "base",
+    "BertLMHeadModel": "base",  # is_decoder cleared: see the module docstring
     "BertForNextSentencePrediction": "base",
     "BertForSequenceClassification": "sequence-classification",
     "BertForTokenClassification": "token-classification",
@@ -75,7 +83,8 @@ SOURCE_ARCHITECTURES = {
 BACKBONE_PREFIXES = ("embeddings.", "encoder.", "pooler.")
 SOURCE_HEAD_PREFIXES = ("classifier.", "qa_outputs.")
 DROPPED_PREFIXES = ("cls.",)  # BERT's pretraining heads (masked LM, next sentence)
-DROPPED_BUFFERS = ("embeddings.position_ids",)  # a buffer older checkpoints saved; rebuilt by the model
+DROPPED_BUFFERS = ("embeddings.position_ids",)
+CROSS_ATTENTION = ".crossattention."  # an encoder-decoder's decoder: BERMo is encoder-only  # a buffer older checkpoints saved; rebuilt by the model
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
 VERIFY_SENTENCES = [
@@ -369,6 +378,8 @@ def bermo_config_for(source_config, task, num_labels, mix_init, mix_layers):
     }
     fields.pop("torch_dtype", None)
     fields.pop("dtype", None)
+    fields.pop("is_decoder", None)  # a decoder without cross-attention converts as an encoder (checked by the caller)
+    fields.pop("add_cross_attention", None)
     if num_labels is not None and "id2label" in fields and len(fields["id2label"]) != num_labels:
         fields.pop("id2label")
         fields.pop("label2id", None)
@@ -436,16 +447,28 @@ def convert(
         raise ConversionError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     if task is not None and task not in TASKS:
         raise ConversionError(f"--task {task!r}: choose one of {', '.join(TASKS)}")
+    folder = resolve_source(source, revision=revision, token=token)
+    check_no_overlap(folder, output_dir)
+    recover_interrupted_runs(output_dir, log)
     if output_dir.exists() and not output_dir.is_dir():
         raise ConversionError(f"output {output_dir} exists and is not a folder")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise ConversionError(f"output {output_dir} exists and is not empty; pass --overwrite to replace it")
-    folder = resolve_source(source, revision=revision, token=token)
-    if output_dir == folder.absolute() or folder.absolute() in output_dir.parents:
-        raise ConversionError(f"output {output_dir} is inside the source {folder}: the source is never modified")
     source_config = read_source_config(folder)
     weights = SourceWeights(find_weights(folder))
     source_task, source_architecture = infer_task(source_config, weights.shapes)
+    cross_attention = [name for name in weights.shapes if CROSS_ATTENTION in name]
+    if cross_attention or source_config.get("add_cross_attention"):
+        raise ConversionError(
+            f"source is a decoder with cross-attention ({cross_attention[0] if cross_attention else 'add_cross_attention'}):"
+            " BERMo is encoder-only"
+        )
+    notes = []
+    if source_config.get("is_decoder"):
+        notes.append("The source was saved as a decoder (`is_decoder=True`, causal attention) without cross-attention; "
+                     "`is_decoder` was cleared: this model attends in both directions, as BERT's encoder does, and its "
+                     "outputs match the source's run that way, not its causal language-model outputs.")
+        log(f"{source}: is_decoder=True cleared; converted as an encoder (attends in both directions)")
     task = task or source_task
     model_class, _, head_prefixes, _ = TASKS[task]
     head_labels = source_head_labels(weights.shapes, head_prefixes) if task == source_task else None
@@ -473,7 +496,6 @@ def convert(
     ] + [(name, target_shapes[name], torch.float32, lambda value=value: value) for name, value in new_values.items()]
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporary_folders(output_dir)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.bermo-tmp-{os.getpid()}-", dir=output_dir.parent))
     try:
         write_weights(staging, entries, max_shard_size, show_progress)
@@ -493,7 +515,7 @@ def convert(
             source=source, base_model=base_model or (None if Path(source).is_dir() else source), revision=revision,
             source_architecture=source_architecture, task=task, config=config, plan=plan, verification=verification,
             dtype=dtype, source_folder=folder, pipeline_tag=TASKS[task][3], model_class=model_class,
-            auto_class=model_class._auto_class,
+            auto_class=model_class._auto_class, notes=notes,
         ).save(staging / "README.md")
         replace_folder(staging, output_dir)
     except BaseException:
@@ -503,24 +525,78 @@ def convert(
     return ConversionResult(output_dir=output_dir, task=task, plan=plan, verification=verification)
 
 
-def remove_stale_temporary_folders(output_dir):
-    """Remove staging folders beside OUTPUT_DIR left by runs that were killed (their process is gone)."""
-    for path in output_dir.parent.glob(f".{output_dir.name}.bermo-tmp-*"):
-        try:
-            pid = int(path.name.split("bermo-tmp-")[1].split("-")[0])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-        except (ValueError, IndexError, PermissionError):
-            continue
+def check_no_overlap(source_folder, output_dir):
+    """Refuse an OUTPUT_DIR that is the source, inside it, or holds it (resolved paths: symlinks followed).
+
+    The files of a Hub snapshot are symlinks into the cache's blobs: their folders count as the source too.
+    """
+    output = output_dir.resolve()
+    source_paths = {source_folder.resolve()}
+    source_paths |= {path.resolve().parent for path in source_folder.iterdir() if path.is_symlink()}
+    for source in sorted(source_paths):
+        if output == source:
+            raise ConversionError(f"output {output_dir} is the source folder {source}: the source is never modified")
+        if source in output.parents:
+            raise ConversionError(f"output {output_dir} is inside the source {source}: the source is never modified")
+        if output in source.parents:
+            raise ConversionError(
+                f"output {output_dir} holds the source {source}: replacing it would delete the source; "
+                "choose an output folder outside it"
+            )
+
+
+def owner_is_alive(path, marker, unknown=True):
+    """Whether the process whose id follows MARKER in PATH's name still runs; UNKNOWN if the name has no id."""
+    try:
+        pid = int(path.name.split(marker)[1].split("-")[0])
+    except (ValueError, IndexError):
+        return unknown
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def recover_interrupted_runs(output_dir, log=print):
+    """Undo what runs killed before they finished left beside OUTPUT_DIR (their process is gone).
+
+    A run killed between the two renames of `replace_folder` left OUTPUT_DIR missing and the previous output in
+    `.NAME.bermo-old-PID-*/old`: it is put back (the killed run never finished, so the output is as before it).
+    Then the aside folders and the staging folders (`.NAME.bermo-tmp-PID-*`) of dead runs are removed.
+    """
+    if not output_dir.parent.is_dir():
+        return
+    for aside in sorted(output_dir.parent.glob(f".{output_dir.name}.bermo-old-*")):
+        if owner_is_alive(aside, "bermo-old-", unknown=False):  # (bermo 0.x before the id was in the name)
+            continue  # a run in progress
+        old = aside / "old"
+        if not output_dir.exists() and old.is_dir():
+            os.rename(old, output_dir)
+            log(f"restored {output_dir} from {aside.name}, left by a run killed while replacing it")
+        shutil.rmtree(aside, ignore_errors=True)
+    for staging in output_dir.parent.glob(f".{output_dir.name}.bermo-tmp-*"):
+        if not owner_is_alive(staging, "bermo-tmp-"):
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def replace_folder(staging, output_dir):
-    """Move the finished staging folder to OUTPUT_DIR; an existing OUTPUT_DIR is moved aside first, then removed."""
+    """Move the finished staging folder to OUTPUT_DIR; an existing OUTPUT_DIR is moved aside first, then removed.
+
+    Between the two renames OUTPUT_DIR is missing and the previous one is in `.NAME.bermo-old-PID-*/old`: an error
+    there moves it back at once, a kill leaves it for `recover_interrupted_runs` in the next run.
+    """
     if output_dir.exists():
-        aside = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.bermo-old-", dir=output_dir.parent))
+        aside = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.bermo-old-{os.getpid()}-", dir=output_dir.parent))
         os.rename(output_dir, aside / "old")
-        os.rename(staging, output_dir)
+        try:
+            os.rename(staging, output_dir)
+        except BaseException:
+            os.rename(aside / "old", output_dir)
+            shutil.rmtree(aside, ignore_errors=True)
+            raise
         shutil.rmtree(aside, ignore_errors=True)
     else:
         os.rename(staging, output_dir)
@@ -562,7 +638,8 @@ def verify_conversion(source_folder, output_folder, task, plan, dtype, log=print
     pooler_converted = "pooler." not in new
 
     source_class = getattr(transformers, TASKS[task][1] if head_converted else "BertModel")
-    source_model = source_class.from_pretrained(source_folder, dtype=torch.float32).eval()
+    # is_decoder=False: a BertLMHeadModel source is compared as the encoder it was converted to
+    source_model = source_class.from_pretrained(source_folder, dtype=torch.float32, is_decoder=False).eval()
     output_model = TASKS[task][0].from_pretrained(output_folder, dtype=torch.float32).eval()
     inputs, kind = verification_inputs(source_folder, source_model.config.vocab_size)
     if task == "multiple-choice" and head_converted:
@@ -579,7 +656,7 @@ def verify_conversion(source_folder, output_folder, task, plan, dtype, log=print
             if getattr(ours, name, None) is not None and getattr(theirs, name, None) is not None:
                 pairs[name] = (getattr(ours, name), getattr(theirs, name))
     tolerance = VERIFY_TOLERANCE[dtype]
-    result, failures = {"inputs": kind}, []
+    result, failures = {"inputs": kind, "tolerance": tolerance}, []
     for name, (a, b) in pairs.items():
         difference = (a - b).abs().max().item()
         allowed = tolerance * max(1.0, b.abs().max().item())
@@ -587,7 +664,8 @@ def verify_conversion(source_folder, output_folder, task, plan, dtype, log=print
         result[f"{group}_max_abs_diff"] = max(result.get(f"{group}_max_abs_diff", 0.0), difference)
         if difference > allowed:
             failures.append(f"{name} differs by {difference:.3g} (allowed {allowed:.3g})")
-    log("verified on " + kind + ": " + ", ".join(f"{k} {v:.3g}" for k, v in result.items() if k != "inputs"))
+    figures = ", ".join(f"{key} {value:.3g}" for key, value in result.items() if key not in ("inputs", "tolerance"))
+    log(f"verified on {kind}: {figures} (tolerance {tolerance:g})")
     if failures:
         raise ConversionError(f"verification failed: {'; '.join(failures)}")
     return result

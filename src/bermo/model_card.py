@@ -36,7 +36,7 @@ def mix_table(config, weights=None, scale=None):
 
 def converted_model_card(
     *, source, base_model, revision, source_architecture, task, config, plan, verification, dtype, source_folder,
-    pipeline_tag, model_class, auto_class,
+    pipeline_tag, model_class, auto_class, notes=(),
 ):
     """The README.md of a converted checkpoint."""
     source_metadata = source_card_metadata(source_folder)
@@ -52,10 +52,12 @@ def converted_model_card(
     if verification is None:
         verification_text = "Not verified (converted with `--no-verify`)."
     else:
-        figures = ", ".join(f"{key.replace('_', ' ')} {value:.3g}" for key, value in verification.items() if key != "inputs")
+        figures = ", ".join(f"{key.replace('_', ' ')} {value:.3g}" for key, value in verification.items()
+                            if key not in ("inputs", "tolerance"))
         verification_text = (
             f"The output was reloaded and compared with the source on {verification['inputs']}: {figures}. "
-            "A difference above 1e-5 (float32; relative to the largest activation when that exceeds 1) fails."
+            f"A difference above {verification['tolerance']:g} (the tolerance for {dtype} weights; relative to the "
+            "largest activation when that exceeds 1) fails."
         )
     rows, scale = mix_table(config)
     return ModelCard.from_template(
@@ -77,6 +79,7 @@ def converted_model_card(
         new_summary=", ".join(plan.new + [f"{name} (initialized on load)" for name in plan.initialized_on_load]),
         head_is_new=any(name.startswith(("classifier.", "qa_outputs.")) for name in plan.initialized_on_load),
         dtype=dtype,
+        notes=list(notes),
         verification=verification_text,
         mix_rows=rows,
         mix_scale=scale,
