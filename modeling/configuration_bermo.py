@@ -26,7 +26,10 @@ class BermoConfig(PretrainedConfig):
         mix_layers (`list[int]`, *optional*):
             The representations to mix, as indices into `0..num_hidden_layers` (0 is the embedding output, `L` the
             last layer); negative indices count from the end (-1 is the last layer). Defaults to all `L + 1`.
-            Duplicates are refused. The mix logits are ordered like the sorted, resolved indices.
+            Duplicates are refused. The mix logits are ordered like the sorted, resolved indices. Layers above the
+            highest mixed one are neither built nor run (they could not affect the output): mixing `[0, 1, ..., 6]` of a
+            12-layer BERT runs 6 layers, half the encoder's cost; their checkpoint weights are skipped on loading,
+            and `hidden_states` hold `h_0..h_6`.
         mix_init (`str` or `list[float]`, *optional*, defaults to `"uniform"`):
             `"uniform"`: zero logits, every mixed representation weighs the same (as ELMo and AllenNLP's ScalarMix).
             `"last"`: all the weight on the last layer, so the model's outputs equal BERT's to float precision.
@@ -155,6 +158,15 @@ class BermoConfig(PretrainedConfig):
             or not 0.0 <= self.mix_dropout < 1.0
         ):
             raise ValueError(f"mix_dropout must be a probability in [0, 1), got {self.mix_dropout!r}")
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """`PretrainedConfig.from_dict`, then the mix fields validated again: transformers sets the keyword arguments
+        of `from_pretrained(..., mix_layers=[...])` after `__init__` has run."""
+        result = super().from_dict(config_dict, **kwargs)
+        config = result[0] if isinstance(result, tuple) else result
+        config._validate_mix()
+        return result
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):

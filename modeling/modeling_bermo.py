@@ -9,8 +9,11 @@ heads read m. The backbone is transformers' own `BertModel`, so the parameter na
 `bert.encoder.layer.N...`, `bert.pooler...`, `classifier...`) and any BERT checkpoint loads with only the mix
 (`bert.layer_mix.logits`, `bert.layer_mix.scale`) new.
 
-The mix is accumulated by forward hooks while the encoder runs, so no more than one running sum is alive besides
-BERT's own activations; heads that read only the first position mix only that position.
+`BermoModel.forward` runs BERT's own embedding and encoder-layer modules one after the other and adds each mixed
+representation to a running sum as it is made, so no more than one running sum is alive besides BERT's own
+activations, no state is kept between calls (concurrent forwards in threads or `nn.DataParallel` replicas are
+independent), and the forward traces as one graph (`torch.compile(fullgraph=True)`, `torch.export`). Layers above
+the highest mixed one are not built. Heads that read only the first position mix only that position.
 
 This file travels with every BERMo checkpoint (`trust_remote_code=True`): it imports only `torch`, `transformers`
 and its sibling `configuration_bermo.py`, and defines classes, nothing else.
@@ -32,6 +35,13 @@ from transformers.models.bert.modeling_bert import BertModel, BertPreTrainedMode
 
 from .configuration_bermo import BERMO_VERSION, BermoConfig
 
+try:  # transformers 5: masks from masking_utils, hidden states and attentions captured by transformers' own hooks
+    from transformers.masking_utils import create_bidirectional_mask
+    from transformers.utils.output_capturing import capture_outputs
+except ImportError:  # transformers 4.x: BertModel's own mask expansion; layers return (hidden state, attentions)
+    create_bidirectional_mask = capture_outputs = None
+    from transformers.modeling_attn_mask_utils import _prepare_4d_attention_mask_for_sdpa
+
 
 class BermoLayerMix(nn.Module):
     """The learned scalar mix: one logit per mixed representation and one scale (the paper's gamma).
@@ -42,12 +52,27 @@ class BermoLayerMix(nn.Module):
 
     def __init__(self, config):
         super().__init__()
+        config._validate_mix()  # values set after the config's __init__ (e.g. from_pretrained(..., mix_layers=...))
         self.layer_indices = config.mix_layer_indices
         self.logits = nn.Parameter(torch.zeros(len(self.layer_indices)), requires_grad=config.mix_trainable)
         self.scale = nn.Parameter(torch.ones(1), requires_grad=config.mix_trainable)
         self.layer_norm = config.mix_layer_norm
         self.layer_norm_eps = config.layer_norm_eps
         self.dropout = config.mix_dropout
+
+    @torch.no_grad()
+    def restore_from_config(self, config, reinitialize=False):
+        """After loading: float32 parameters (a half-precision load must not round the mix: in bf16, -20 + 0.05 is
+        -20 again), `requires_grad` as `mix_trainable` says, and with `reinitialize`, the initial values anew."""
+        for name in ("logits", "scale"):
+            parameter = getattr(self, name)
+            if parameter.dtype != torch.float32:
+                setattr(self, name, nn.Parameter(parameter.detach().float()))
+        if reinitialize:
+            self.logits.copy_(torch.tensor(config.initial_mix_logits(), dtype=torch.float32))
+            self.scale.fill_(1.0)
+        self.logits.requires_grad_(config.mix_trainable)
+        self.scale.requires_grad_(config.mix_trainable)
 
     def normalized_weights(self):
         """softmax(logits) in float32; in training with `mix_dropout`, over the representations kept this time."""
@@ -67,16 +92,14 @@ class BermoLayerMix(nn.Module):
 
 
 class BermoMixAccumulator:
-    """The running sum of one forward pass: `add` is called with each mixed representation as the encoder makes it."""
+    """The running sum of one forward pass, local to that call: `add` takes each mixed representation as it is made."""
 
     def __init__(self, layer_mix, first_token_only):
         self.layer_mix = layer_mix
         self.weights = layer_mix.normalized_weights()
         self.first_token_only = first_token_only
         self.total = None
-        self.seen = 0
         self.output_dtype = None
-        self._result = None
 
     def add(self, position, hidden_state):
         if self.first_token_only:
@@ -91,22 +114,9 @@ class BermoMixAccumulator:
             self.total = torch.addcmul(self.total, hidden_state, weight)
         else:
             self.total.addcmul_(hidden_state, weight)  # in place: inference keeps a single running sum alive
-        self.seen += 1
 
     def result(self):
-        if self._result is None:
-            if self.seen != len(self.layer_mix.layer_indices):
-                raise RuntimeError(
-                    f"BERMo mixed {self.seen} of {len(self.layer_mix.layer_indices)} representations: "
-                    "the encoder did not run every layer"
-                )
-            self._result = (self.total * self.layer_mix.scale.float()).to(self.output_dtype)
-        return self._result
-
-
-def _first_output(output):
-    # BertLayer returns a tensor in transformers 5 and a tuple in 4.x.
-    return output[0] if isinstance(output, tuple) else output
+        return (self.total * self.layer_mix.scale.float()).to(self.output_dtype)
 
 
 class BermoPreTrainedModel(BertPreTrainedModel):
@@ -130,21 +140,28 @@ class BermoPreTrainedModel(BertPreTrainedModel):
                 with torch.no_grad():
                     module.logits.copy_(initial.to(module.logits.device))
 
+    def post_init(self):
+        # Every BERMo config carries the full auto_map (AutoConfig, AutoModel, every head), so that each Auto class
+        # loads any saved checkpoint, Trainer's `checkpoint-*` folders included, with trust_remote_code=True;
+        # transformers itself would write only the entry of the class being saved.
+        self.set_auto_map()
+        super().post_init()
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, with an error that names the tensors whose shapes do not fit.
+        """`PreTrainedModel.from_pretrained`, with an error that names the tensors whose shapes do not fit, and the
+        layer mix as its config says: float32 whatever the model's dtype, frozen when `mix_trainable=False`.
 
         A head whose `num_labels` differs from the checkpoint's is refused unless `ignore_mismatched_sizes=True`
         (then transformers re-initializes those tensors, as usual).
         """
-        if kwargs.get("ignore_mismatched_sizes"):
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         output_loading_info = kwargs.pop("output_loading_info", False)
+        refuse_mismatched = not kwargs.get("ignore_mismatched_sizes")
         kwargs["ignore_mismatched_sizes"] = True
         model, loading_info = super().from_pretrained(
             pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
         )
-        if loading_info["mismatched_keys"]:
+        if refuse_mismatched and loading_info["mismatched_keys"]:
             details = "; ".join(
                 f"{key}: {tuple(theirs)} in the checkpoint, {tuple(ours)} in the model"
                 for key, theirs, ours in sorted(loading_info["mismatched_keys"])
@@ -153,6 +170,8 @@ class BermoPreTrainedModel(BertPreTrainedModel):
                 f"{pretrained_model_name_or_path}: shapes do not fit ({details}); a num_labels that differs from the "
                 "checkpoint's head? Pass ignore_mismatched_sizes=True to re-initialize those tensors"
             )
+        mix_missing = any(".layer_mix." in f".{key}" for key in loading_info["missing_keys"])
+        model.base_model.layer_mix.restore_from_config(model.config, reinitialize=mix_missing)
         return (model, loading_info) if output_loading_info else model
 
     def layer_mix_weights(self):
@@ -165,25 +184,8 @@ class BermoPreTrainedModel(BertPreTrainedModel):
             weights = torch.softmax(layer_mix.logits.float(), dim=0)
         return weights.detach().cpu(), layer_mix.scale.detach().float().cpu().squeeze(0)
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
-        # The mix is collected by forward hooks. transformers 4.x checkpoints a layer's whole `__call__`, hooks
-        # included, and reentrant checkpointing runs it without autograd, which would cut the mix off from its
-        # gradient; non-reentrant checkpointing keeps it. transformers 5 keeps hooks outside the checkpoint.
-        gradient_checkpointing_kwargs = dict(gradient_checkpointing_kwargs or {})
-        gradient_checkpointing_kwargs.setdefault("use_reentrant", False)
-        if gradient_checkpointing_kwargs["use_reentrant"] and int(transformers.__version__.split(".")[0]) < 5:
-            raise ValueError(
-                "gradient_checkpointing_kwargs: use_reentrant=True is not supported by BERMo under transformers 4.x "
-                "(the layer mix would get no gradient); use use_reentrant=False"
-            )
-        return super().gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
-
     def set_auto_map(self):
-        """Point `config.auto_map` at AutoConfig, AutoModel and every head's Auto class, and record our version.
-
-        transformers writes `auto_map` only for the class being saved; `save_pretrained` calls this first so that
-        every Auto class loads the checkpoint with trust_remote_code=True.
-        """
+        """Point `config.auto_map` at AutoConfig, AutoModel and every head's Auto class, and record our version."""
         config_module = type(self.config).__module__.rsplit(".", 1)[-1]
         model_module = type(self).__module__.rsplit(".", 1)[-1]
         auto_map = {"AutoConfig": f"{config_module}.{type(self.config).__name__}"}
@@ -191,10 +193,6 @@ class BermoPreTrainedModel(BertPreTrainedModel):
             auto_map[model_class._auto_class] = f"{model_module}.{model_class.__name__}"
         self.config.auto_map = auto_map
         self.config.bermo_version = BERMO_VERSION
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        self.set_auto_map()
-        return super().save_pretrained(save_directory, *args, **kwargs)
 
 
 class BermoModel(BermoPreTrainedModel, BertModel):
@@ -213,13 +211,31 @@ class BermoModel(BermoPreTrainedModel, BertModel):
         # initialized and post_init runs once.
         if "layer_mix" not in self._modules:
             self.layer_mix = BermoLayerMix(self.config)
+            # Layers above the highest mixed one could not affect the output: they are not built, so they cost
+            # nothing and hold no parameters without gradients (which DDP refuses). Their weights in a BERT
+            # checkpoint are reported as unexpected and skipped.
+            del self.encoder.layer[max(self.layer_mix.layer_indices) :]
         super().post_init()
 
-    def _mixed_modules(self):
-        for position, index in enumerate(self.layer_mix.layer_indices):
-            yield position, self.embeddings if index == 0 else self.encoder.layer[index - 1]
+    def _encoder_attention_mask(self, attention_mask, embedding_output, output_attentions):
+        """The attention mask in the form BERT's layers take, built by transformers' own helpers."""
+        if create_bidirectional_mask is not None:  # transformers 5
+            return create_bidirectional_mask(
+                config=self.config, inputs_embeds=embedding_output, attention_mask=attention_mask
+            )
+        batch_size, length = embedding_output.shape[:2]
+        if attention_mask is None:
+            attention_mask = torch.ones((batch_size, length), device=embedding_output.device)
+        if (
+            self.config._attn_implementation == "sdpa"
+            and self.config.position_embedding_type == "absolute"
+            and not output_attentions
+            and attention_mask.dim() == 2
+        ):
+            return _prepare_4d_attention_mask_for_sdpa(attention_mask, embedding_output.dtype, tgt_len=length)
+        return self.get_extended_attention_mask(attention_mask, (batch_size, length))
 
-    def forward(
+    def _mixed_forward(
         self,
         input_ids=None,
         attention_mask=None,
@@ -228,48 +244,75 @@ class BermoModel(BermoPreTrainedModel, BertModel):
         inputs_embeds=None,
         output_attentions=None,
         output_hidden_states=None,
-        return_dict=None,
         mix_first_token_only=False,
+        head_mask=None,
         **kwargs,
     ):
-        r"""
-        mix_first_token_only (`bool`, defaults to `False`):
-            Mix only the first position (all that the pooler reads): `last_hidden_state` then has length 1.
-        """
-        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
-        mix = BermoMixAccumulator(self.layer_mix, first_token_only=mix_first_token_only)
-        handles = []
-        try:
-            for position, module in self._mixed_modules():
-                handles.append(
-                    module.register_forward_hook(
-                        lambda _module, _args, output, position=position: mix.add(position, _first_output(output))
-                    )
-                )
-            if self.pooler is not None:
-                # The pooler reads the mix, not the last layer.
-                handles.append(self.pooler.register_forward_pre_hook(lambda _module, _args: (mix.result(),)))
-            outputs = super().forward(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                token_type_ids=token_type_ids,
-                position_ids=position_ids,
-                inputs_embeds=inputs_embeds,
-                output_attentions=output_attentions,
-                output_hidden_states=output_hidden_states,
-                return_dict=True,
-                **kwargs,
-            )
-        finally:
-            for handle in handles:
-                handle.remove()
-        output = BaseModelOutputWithPoolingAndCrossAttentions(
-            last_hidden_state=mix.result(),
-            pooler_output=outputs.pooler_output,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        # transformers 5 collects hidden states and attentions itself (`capture_outputs`); 4.x layers return them
+        collect = capture_outputs is None
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        return output if return_dict else output.to_tuple()
+        kwargs.pop("num_items_in_batch", None)  # a loss argument (Trainer), not the encoder's
+
+        hidden_state = self.embeddings(
+            input_ids=input_ids, position_ids=position_ids, token_type_ids=token_type_ids, inputs_embeds=inputs_embeds
+        )
+        layer_mask = self._encoder_attention_mask(attention_mask, hidden_state, output_attentions)
+        if collect:
+            layer_kwargs = {"output_attentions": bool(output_attentions)}
+            head_masks = self.get_head_mask(head_mask, self.config.num_hidden_layers)
+        else:
+            layer_kwargs = kwargs
+        positions = {index: position for position, index in enumerate(self.layer_mix.layer_indices)}
+        mix = BermoMixAccumulator(self.layer_mix, first_token_only=mix_first_token_only)
+        all_hidden_states = (hidden_state,) if collect and output_hidden_states else None
+        all_attentions = () if collect and output_attentions else None
+        if 0 in positions:
+            mix.add(positions[0], hidden_state)
+        for index, layer in enumerate(self.encoder.layer, start=1):  # only the layers the mix reads are built
+            if collect:
+                layer_output = layer(hidden_state, layer_mask, head_masks[index - 1], **layer_kwargs)
+                hidden_state = layer_output[0]
+                if all_attentions is not None:
+                    all_attentions = all_attentions + (layer_output[1],)
+                if all_hidden_states is not None:
+                    all_hidden_states = all_hidden_states + (hidden_state,)
+            else:
+                hidden_state = layer(hidden_state, layer_mask, **layer_kwargs)
+            if index in positions:
+                mix.add(positions[index], hidden_state)
+        mixed = mix.result()
+        return BaseModelOutputWithPoolingAndCrossAttentions(
+            last_hidden_state=mixed,
+            pooler_output=self.pooler(mixed) if self.pooler is not None else None,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+
+    if capture_outputs is not None:  # transformers 5: its own thread-safe capture of hidden states and attentions
+
+        def forward(self, *args, mix_first_token_only=False, **kwargs):
+            r"""
+            mix_first_token_only (`bool`, defaults to `False`):
+                Mix only the first position (all that the pooler reads): `last_hidden_state` then has length 1.
+            """
+            return self._captured_forward(*args, mix_first_token_only=mix_first_token_only, **kwargs)
+
+        _captured_forward = capture_outputs(tie_last_hidden_states=False)(_mixed_forward)
+
+    else:
+
+        def forward(self, *args, return_dict=None, mix_first_token_only=False, **kwargs):
+            r"""
+            mix_first_token_only (`bool`, defaults to `False`):
+                Mix only the first position (all that the pooler reads): `last_hidden_state` then has length 1.
+            """
+            output = self._mixed_forward(*args, mix_first_token_only=mix_first_token_only, **kwargs)
+            return _return(output, return_dict, self.config)
 
 
 def _classifier_dropout(config):
@@ -307,6 +350,7 @@ class BermoForSequenceClassification(BermoPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
+        **kwargs,
     ):
         r"""
         labels (`torch.LongTensor` of shape `(batch_size,)` or `(batch_size, num_labels)`, *optional*):
@@ -323,6 +367,7 @@ class BermoForSequenceClassification(BermoPreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
             mix_first_token_only=True,
+            **kwargs,
         )
         logits = self.classifier(self.dropout(outputs.pooler_output))
 
@@ -376,6 +421,7 @@ class BermoForMultipleChoice(BermoPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
+        **kwargs,
     ):
         r"""
         input_ids (`torch.LongTensor` of shape `(batch_size, num_choices, sequence_length)`):
@@ -398,6 +444,7 @@ class BermoForMultipleChoice(BermoPreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
             mix_first_token_only=True,
+            **kwargs,
         )
         logits = self.classifier(self.dropout(outputs.pooler_output)).view(-1, num_choices)
         loss = CrossEntropyLoss()(logits, labels) if labels is not None else None
@@ -432,6 +479,7 @@ class BermoForTokenClassification(BermoPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
+        **kwargs,
     ):
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
@@ -446,6 +494,7 @@ class BermoForTokenClassification(BermoPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            **kwargs,
         )
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None
@@ -482,6 +531,7 @@ class BermoForQuestionAnswering(BermoPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
+        **kwargs,
     ):
         r"""
         start_positions, end_positions (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
@@ -496,6 +546,7 @@ class BermoForQuestionAnswering(BermoPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            **kwargs,
         )
         logits = self.qa_outputs(outputs.last_hidden_state)
         start_logits, end_logits = logits.split(1, dim=-1)

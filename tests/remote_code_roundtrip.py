@@ -96,7 +96,30 @@ def check(directory):
                 difference = (outputs[name] - expected).abs().max().item()
                 assert difference <= 1e-6, f"{class_name} {name} differs by {difference}"
             checked += 1
+    check_outputs_and_training(Path(directory) / "BermoForSequenceClassification")
     print(f"remote code OK: {checked} checkpoints, every auto_map entry, transformers {transformers.__version__}")
+
+
+def check_outputs_and_training(folder):
+    """Under this transformers: hidden states and attentions on request, and training with (reentrant)
+    gradient checkpointing reaches the mix."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModel.from_pretrained(folder, trust_remote_code=True, attn_implementation="eager")
+    ids = torch.tensor([[2, 7, 9, 11, 3, 0], [2, 5, 6, 3, 0, 0]])
+    mask = (ids > 0).long()
+    output = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+    layers = model.config.num_hidden_layers
+    assert len(output.hidden_states) == layers + 1 and len(output.attentions) == layers, (
+        len(output.hidden_states), len(output.attentions))
+    assert output.attentions[0].shape == (2, model.config.num_attention_heads, 6, 6)
+    head = transformers.AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)
+    head.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    head.train()
+    loss = head(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 1])).loss
+    loss.backward()
+    assert head.base_model.layer_mix.logits.grad is not None and head.base_model.layer_mix.logits.grad.abs().sum() > 0
 
 
 def main():

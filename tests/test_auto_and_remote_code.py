@@ -90,12 +90,25 @@ print("MAXDIFF", (logits - io["expected"]).abs().max().item(), type(config).__na
 @pytest.mark.parametrize("name", ["configuration_bermo.py", "modeling_bermo.py"])
 def test_modeling_files_import_only_torch_transformers_and_each_other(name):
     tree = ast.parse((REPO_ROOT / "modeling" / name).read_text())
-    for node in tree.body:
+
+    def check(node, in_fallback=False):
         if isinstance(node, ast.Import):
             assert all(alias.name.split(".")[0] in ("torch", "transformers") for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             assert node.level == 1 or node.module.split(".")[0] in ("torch", "transformers"), node.module
+        elif isinstance(node, ast.Try):  # only a version fallback: `try: import ... except ImportError: ...`
+            assert [handler.type.id for handler in node.handlers] == ["ImportError"] and not node.finalbody
+            for child in node.body:
+                assert isinstance(child, (ast.Import, ast.ImportFrom)), ast.dump(child)[:80]
+                check(child)
+            for child in node.handlers[0].body:
+                check(child, in_fallback=True)
         else:  # nothing runs at import time but definitions of classes, functions and constants
             assert isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.Assign, ast.Expr)), ast.dump(node)[:80]
+            if isinstance(node, ast.Assign) and in_fallback:
+                assert isinstance(node.value, (ast.Constant, ast.Name)), ast.dump(node)[:80]
             if isinstance(node, ast.Expr):
                 assert isinstance(node.value, ast.Constant)  # the module docstring
+
+    for node in tree.body:
+        check(node)
