@@ -302,10 +302,14 @@ def paired_ratio_ci(values_a, values_b, confidence=0.95, n_resamples=2000, seed=
     estimate = float(a.mean() / b.mean())
     if len(a) < 2 or confidence <= 0:
         return {"ratio": estimate, "ci": None}
-    interval = scipy_stats.bootstrap(
-        (a, b), lambda x, y, axis=-1: x.mean(axis=axis) / y.mean(axis=axis), paired=True, vectorized=True,
-        confidence_level=confidence, n_resamples=n_resamples, method="percentile", rng=np.random.default_rng(seed),
-    ).confidence_interval
+    options = dict(paired=True, vectorized=True, confidence_level=confidence, n_resamples=n_resamples,
+                   method="percentile")
+    statistic = lambda x, y, axis=-1: x.mean(axis=axis) / y.mean(axis=axis)  # noqa: E731
+    try:
+        result = scipy_stats.bootstrap((a, b), statistic, rng=np.random.default_rng(seed), **options)
+    except TypeError:  # scipy < 1.15 names it random_state
+        result = scipy_stats.bootstrap((a, b), statistic, random_state=np.random.default_rng(seed), **options)
+    interval = result.confidence_interval
     return {"ratio": estimate, "ci": [float(interval.low), float(interval.high)]}
 
 
