@@ -139,8 +139,8 @@ KILL_AFTER_STEP_4 = """
 import os, signal, sys
 import bermo.training as training
 original = training.save_checkpoint
-def save_then_die(accelerator, output_dir, name):
-    path = original(accelerator, output_dir, name)
+def save_then_die(accelerator, output_dir, name, *rest):
+    path = original(accelerator, output_dir, name, *rest)
     if name == "step_4":
         os.kill(os.getpid(), signal.SIGKILL)
     return path

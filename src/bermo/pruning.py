@@ -28,8 +28,10 @@ Choices, stated once:
 import argparse
 import math
 import re
+from pathlib import Path
 
 import numpy as np
+
 import torch
 import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
@@ -618,6 +620,31 @@ class Pruner:
         return core
 
     count_zeros = staticmethod(count_zeros)
+
+    MASKS_FILE = "mask_scores.safetensors"
+
+    def before_save(self, model, output_dir, is_main_process):
+        """The training loop's export step: with --save_masks, the scores go to OUTPUT_DIR/mask_scores.safetensors
+        (to continue pruning later); then the masks are applied and dropped (`export`). Returns the model to save."""
+        if self.save_masks and is_main_process:
+            from safetensors.torch import save_file
+
+            save_file(self.export_masks(model), str(Path(output_dir) / self.MASKS_FILE))
+        return self.export(model)
+
+    def after_save(self, model, output_dir):
+        """The real zeros of what was saved: OUTPUT_DIR's safetensors weights (or the exported model's state dict
+        when no weights were written), as `exported_*` figures for final_metrics.json and the model card."""
+        from safetensors.torch import load_file
+
+        files = sorted(Path(output_dir).glob("model*.safetensors"))
+        if files:
+            state = {}
+            for file in files:
+                state.update(load_file(str(file)))
+        else:
+            state = extract_model_from_parallel(model).state_dict()
+        return {f"exported_{key}": value for key, value in count_zeros(state).items()}
 
     def card_info(self, model=None):
         """Method, thresholds, lambda and the measured remaining fractions, for the model card."""

@@ -105,6 +105,9 @@ def build_parser():
     run.add_argument("--push_to_hub", action=boolean, default=False, help="push the final model to the Hub")
     run.add_argument("--hub_model_id", help="the Hub repository to push to")
     run.add_argument("--hub_token", help="Hub token (default: HF_TOKEN or the cached login)")
+    from .pruning import Pruner
+
+    Pruner.add_arguments(parser)
     return parser
 
 
@@ -365,9 +368,14 @@ def latest_checkpoint(output_dir):
     return max(found)[1] if found else None
 
 
-def save_checkpoint(accelerator, output_dir, name):
-    """Save the whole training state (model, optimizer, scheduler, RNGs, sampler) to output_dir/NAME."""
+def save_checkpoint(accelerator, output_dir, name, features=()):
+    """Save the whole training state (model, optimizer, scheduler, RNGs, sampler, features' state) to
+    output_dir/NAME, with the features' configuration in NAME/features.json (checked on resume)."""
     path = Path(output_dir) / name
+    if accelerator.is_main_process:
+        path.mkdir(parents=True, exist_ok=True)
+        current = {type(f).__name__: f.config() for f in features if hasattr(f, "config")}
+        write_atomically(path / FEATURES_FILE, json.dumps(current) + "\n")
     accelerator.save_state(str(path))
     return path
 
@@ -410,8 +418,9 @@ class TrainingFeature:
     - `eval_figures(model) -> dict` logged beside each evaluation's metrics;
     - `config() -> dict` stored in every checkpoint: resuming with another configuration is refused;
     - `state_dict()` / `load_state_dict()` saved and restored with the training state;
-    - `export(model) -> model` the model to save at the end; `card_info() -> dict` for the model card and
-      final_metrics.json.
+    - `before_save(model, output_dir, is_main_process) -> model` the model to save at the end (e.g. masks applied);
+      `after_save(model, output_dir) -> dict` figures of what was saved; `card_info() -> dict`: both go to the
+      model card and final_metrics.json.
 
     The loop itself only ever calls these through `call_features`, so a new feature needs no change to the loop.
     """
@@ -427,9 +436,15 @@ FEATURES_FILE = "features.json"
 
 def check_resume_features(checkpoint, features):
     """Refuse to resume a checkpoint written with other features (e.g. pruning flags added, dropped or changed)."""
+    from .pruning import Pruner, check_resume_config
+
     path = Path(checkpoint) / FEATURES_FILE
     saved = json.loads(path.read_text()) if path.is_file() else {}
     current = {type(feature).__name__: feature.config() for feature in features if hasattr(feature, "config")}
+    try:  # pruning names the flag that differs
+        check_resume_config(saved.get("Pruner"), next((f for f in features if isinstance(f, Pruner)), None))
+    except ValueError as error:
+        raise TrainingError(f"--resume_from_checkpoint {checkpoint}: {error}") from None
     if saved != current:
         raise TrainingError(
             f"--resume_from_checkpoint {checkpoint}: it was saved with {json.dumps(saved) if saved else 'no features'}, "
@@ -561,12 +576,7 @@ def train(args):
 
     def save_training_state(name):
         stop_if_not_finite()
-        path = save_checkpoint(accelerator, output_dir, name)
-        if accelerator.is_main_process:
-            current = {type(f).__name__: f.config() for f in features if hasattr(f, "config")}
-            write_atomically(path / FEATURES_FILE, json.dumps(current) + "\n")
-        accelerator.wait_for_everyone()
-        return path
+        return save_checkpoint(accelerator, output_dir, name, features)
 
     checkpoint_every = int(args.checkpointing_steps) if str(args.checkpointing_steps).isdigit() else None
     log_every = max(1, max_train_steps // 100)
@@ -637,9 +647,11 @@ def train(args):
         write_predictions(model, eval_loaders["test"], task_data, accelerator, output_dir / "predictions.tsv")
     accelerator.wait_for_everyone()
     final_model = accelerator.unwrap_model(model)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
     for feature in features:
-        if hasattr(feature, "export"):
-            final_model = feature.export(final_model)
+        if hasattr(feature, "before_save"):
+            final_model = feature.before_save(final_model, output_dir, accelerator.is_main_process)
     save_final_outputs(accelerator, final_model, tokenizer, task_data, args, final_metrics, metrics_log,
                        len(encoded["train"]), features)
     if args.with_tracking:
@@ -683,9 +695,10 @@ def save_final_outputs(accelerator, model, tokenizer, task_data, args, final_met
         model.save_pretrained(output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
     if not accelerator.is_main_process:
         return
-    summary = dict(final_metrics)
-    for info in call_features(features, "card_info"):
-        summary.update(info)
+    feature_figures = {}
+    for info in call_features(features, "card_info") + call_features(features, "after_save", model, output_dir):
+        feature_figures.update(info)
+    summary = {**final_metrics, **feature_figures}
     records = metrics_log.records()
     plot_learning_curve(records, output_dir / "learning_curve.png", task_data.metric if any(
         task_data.metric in r for r in records) else next(iter(next(iter(final_metrics.values())))))
@@ -706,8 +719,7 @@ def save_final_outputs(accelerator, model, tokenizer, task_data, args, final_met
             }
             hyperparameters["num_processes"] = accelerator.num_processes
             hyperparameters["mixed_precision"] = accelerator.mixed_precision
-            for info in call_features(features, "card_info"):  # e.g. pruning: method, thresholds, remaining weights
-                hyperparameters.update(info)
+            hyperparameters.update(feature_figures)  # e.g. pruning: method, thresholds/λ, measured remaining weights
             finetuned_model_card(
                 model=model, task_data=task_data, base_model=args.model_name_or_path, final_metrics=final_metrics,
                 hyperparameters=hyperparameters, has_layer_plot=True, train_size=train_size,
