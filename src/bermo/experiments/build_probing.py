@@ -146,7 +146,7 @@ def invert_coordination(sentence, tokens):
     cc = conjunction.i - offset
     if not (0 < cc < end - 1 and conjunct.left_edge.i - offset == cc + 1 and conjunct.right_edge.i - offset >= end - 1):
         return None
-    if any(child.i - offset > cc and child is not conjunct and not child.is_punct for child in root.children):
+    if any(child.i - offset > cc and child.i != conjunct.i and not child.is_punct for child in root.children):
         return None
     first_end = cc - 1 if tokens[cc - 1].text == "," else cc
     first, second = tokens[:first_end], tokens[cc + 1:end]
