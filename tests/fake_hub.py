@@ -8,7 +8,7 @@ shapes huggingface_hub's client expects:
     POST /api/validate-yaml                          always valid (the card is checked by bermo itself)
     POST /api/models/{repo}/preupload/{rev}          every file "regular": sent inline, base64, in the commit
     POST /api/models/{repo}/commit/{rev}             the ndjson commit: header line, then one "file" line per file
-    GET  /api/models/{repo}[/revision/{rev}]         model info: sha and siblings
+    GET  /api/models/{repo}[/revision/{rev}]         model info: sha, private, siblings (bermo-push reads `private`)
     GET  /api/models/{repo}/tree/{rev}[/{path}]      the files of a revision
     HEAD|GET /{repo}/resolve/{rev}/{path}            a file, with X-Repo-Commit, ETag and Content-Length
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertConfig, BertForSequenceClassification, BertModel
 
 from bermo import BermoForSequenceClassification
 from bermo.conversion import convert
@@ -248,3 +248,104 @@ def test_stale_modeling_code_is_refused_unless_allowed(copy_of, hub, push_here):
     [(_, commit_id, summary, _)] = [commit for commit in hub.commits if commit[0] == "user/stale"]
     assert summary == "old code" and f"revision='{commit_id}'" in out
     assert hub.files("user/stale", commit_id) == folder_files(folder)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The weights must hold the config's tensors; --private must not be silently ignored; the card's snippet never prompts
+
+
+def rewrite_weights(folder, change):
+    """Rewrite FOLDER's model.safetensors with CHANGE applied to its state dict (a dict of tensors)."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(folder / "model.safetensors")
+    change(tensors)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("empty", "model.safetensors: not a readable safetensors file (Error while deserializing header: header too small)"),
+    ("truncated", "model.safetensors: not a readable safetensors file (Error while deserializing header: incomplete"),
+    ("tensor missing", "the weights do not fit the BermoForSequenceClassification of config.json: "
+                       "missing bert.encoder.layer.1.output.dense.weight"),
+    ("extra tensor", "unexpected bert.adapter.weight"),
+    ("config with another width", "shape mismatch bert.embeddings.LayerNorm.bias (32,) vs (48,)"),
+])
+def test_weights_that_cannot_load_are_refused_before_anything_is_sent(copy_of, hub, push_here, damage, message):
+    folder, commits_before, requests_before = copy_of(), list(hub.commits), len(hub.requests)
+    weights = folder / "model.safetensors"
+    if damage == "empty":
+        weights.write_bytes(b"")
+    elif damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size - 100])
+    elif damage == "tensor missing":
+        rewrite_weights(folder, lambda tensors: tensors.pop("bert.encoder.layer.1.output.dense.weight"))
+    elif damage == "extra tensor":
+        rewrite_weights(folder, lambda tensors: tensors.update({"bert.adapter.weight": torch.zeros(3)}))
+    else:
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "hidden_size": 48, "intermediate_size": 40}))
+    code, _, err = push_here([str(folder), "user/broken-weights"])
+    line = assert_refused(hub, "user/broken-weights", code, err, commits_before)
+    assert message in line
+    assert len(hub.requests) == requests_before  # refused before any request
+
+
+def test_a_converted_checkpoint_without_its_new_head_passes_the_weight_check(tmp_path):
+    """bermo-convert leaves a new task head (and a missing pooler) to be initialized on load: that is not damage."""
+    from bermo.hub import check_weights
+
+    source = tmp_path / "source"
+    torch.manual_seed(0)
+    BertModel(BertConfig(**TINY_BERT), add_pooling_layer=False).save_pretrained(source)
+    result = convert(source, tmp_path / "out", task="sequence-classification", num_labels=4, verify=False,
+                     show_progress=False, log=lambda *_: None)
+    assert sorted(result.plan.initialized_on_load) == ["bert.pooler.dense.bias", "bert.pooler.dense.weight",
+                                                       "classifier.bias", "classifier.weight"]
+    check_weights(tmp_path / "out", json.loads((tmp_path / "out" / "config.json").read_text()))
+
+
+def test_private_is_refused_for_an_existing_public_repo(copy_of, hub, push_here):
+    folder = copy_of()
+    code, out, err = push_here([str(folder), "user/public-model"])
+    assert code == 0, err
+    assert out.splitlines()[0].endswith("(public)") and hub.repos["user/public-model"].private is False
+    commits_before = list(hub.commits)
+    code, _, err = push_here([str(folder), "user/public-model", "--private", "--commit-message", "again"])
+    assert code == 2 and hub.commits == commits_before and hub.repos["user/public-model"].private is False
+    [line] = err.strip().splitlines()
+    assert line == ("bermo-push: error: user/public-model exists and is public: --private does not change an existing "
+                    "repository's visibility; make it private on the Hub first (its settings, or "
+                    "HfApi().update_repo_settings(repo_id, private=True)), or push without --private")
+
+
+def test_private_creates_a_private_repo_and_later_pushes_keep_it_private(copy_of, hub, push_here):
+    folder = copy_of()
+    for argv in (["--private"], []):
+        code, out, err = push_here([str(folder), "user/private-model", *argv])
+        assert code == 0, err
+        assert out.splitlines()[0].endswith("(private)")
+        assert hub.repos["user/private-model"].private is True
+
+
+LOAD_AS_THE_CARD_SAYS = """
+import sys
+exec(open(sys.argv[1]).read())  # defines `tokenizer` and `model`
+print("LOADED", type(tokenizer).__name__, type(model).__name__, type(model).__module__)
+"""
+
+
+def test_card_snippet_loads_tokenizer_and_model_from_the_hub_without_a_prompt(hub, pushed, tmp_path):
+    """The converted card's "How to load" code, with the pushed repo and commit, in a process without bermo."""
+    assert pushed.returncode == 0, pushed.stderr
+    [(_, commit_id, _, _)] = [commit for commit in hub.commits if commit[0] == REPO_ID]
+    card = hub.files(REPO_ID, commit_id)["README.md"].decode()
+    snippet = card.split("## How to load", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert "AutoTokenizer.from_pretrained(repo" in snippet
+    script = tmp_path / "snippet.py"
+    script.write_text(snippet.replace("YOUR_NAME/YOUR_REPO", REPO_ID).replace("COMMIT_SHA", commit_id))
+    child = subprocess.run([sys.executable, "-c", LOAD_AS_THE_CARD_SAYS, str(script)], stdin=subprocess.DEVNULL,
+                           env=hub_env(hub.url, tmp_path, no_bermo_env()), capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr
+    assert "Do you wish to run the custom code" not in child.stdout + child.stderr
+    assert "LOADED" in child.stdout and "BermoForSequenceClassification transformers_modules" in child.stdout

@@ -3,8 +3,9 @@
     bermo-push FOLDER REPO_ID [--private] [--revision BRANCH] [--commit-message MSG] [--allow-stale-code]
 
 Everything is checked before anything is uploaded: the folder is a complete BERMo checkpoint (config with auto_map,
-weights, the modeling files of the installed version, tokenizer, model card with valid metadata), and the endpoint
-accepts the token.
+weights that open and hold the tensors of the model its config describes, the modeling files of the installed
+version, tokenizer, model card with valid metadata), the endpoint accepts the token, and `--private` is not asked of
+an existing public repository (whose visibility a push does not change).
 """
 
 import argparse
@@ -58,6 +59,7 @@ def check_checkpoint(folder, allow_stale_code=False):
             raise PublishError(f"{folder} is not a complete BERMo checkpoint: missing {', '.join(missing_shards)}")
     if config.get("model_type") != "bermo" or "AutoConfig" not in (config.get("auto_map") or {}):
         raise PublishError(f"{folder}/config.json: not a BERMo config with auto_map (model_type {config.get('model_type')!r})")
+    check_weights(folder, config)
     if not allow_stale_code:
         stale = [
             name for name in MODELING_FILES
@@ -69,6 +71,85 @@ def check_checkpoint(folder, allow_stale_code=False):
                 "re-save the checkpoint with this version or pass --allow-stale-code"
             )
     return check_card(folder / "README.md")
+
+
+def auto_class_for(config):
+    """The Auto class whose auto_map entry names the config's architecture (AutoModel for a base model)."""
+    architecture = (config.get("architectures") or ["BermoModel"])[0]
+    return next((name for name, target in (config.get("auto_map") or {}).items()
+                 if name != "AutoConfig" and target.endswith("." + architecture)), "AutoModel"), architecture
+
+
+def weight_shapes(folder):
+    """{tensor name: shape} from the safetensors headers of FOLDER's weights (single file or the index's shards)."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    if (folder / "model.safetensors").is_file():
+        files, weight_map = [folder / "model.safetensors"], None
+    else:
+        weight_map = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
+        files = [folder / name for name in sorted(set(weight_map.values()))]
+    shapes, where = {}, {}
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                for name in handle.keys():
+                    shapes[name] = tuple(handle.get_slice(name).get_shape())
+                    where[name] = path.name
+        except Exception as error:  # SafetensorError: empty, truncated or not safetensors at all
+            raise PublishError(f"{path}: not a readable safetensors file ({one_line(error)})") from None
+    if weight_map is not None:
+        wrong = [name for name, file in weight_map.items() if where.get(name) != file]
+        if wrong:
+            raise PublishError(f"{folder}/model.safetensors.index.json: {name_list(wrong)} not in the shard it names")
+    return shapes
+
+
+def name_list(names, shown=4):
+    names = sorted(names)
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def check_weights(folder, config):
+    """Raise PublishError unless the weights hold the tensors (names and shapes) of the model that the config builds.
+
+    The model is built on the meta device (no memory) with the Auto class of `config.architectures`. A task head or a
+    pooler may be absent (a converted checkpoint whose new head is initialized when loaded); anything else missing,
+    unexpected or of another shape is refused.
+    """
+    import torch
+    import transformers
+
+    from .modeling.configuration_bermo import BermoConfig
+
+    shapes = weight_shapes(folder)
+    auto_class, architecture = auto_class_for(config)
+    try:
+        bermo_config = BermoConfig.from_pretrained(folder)
+        with torch.device("meta"):
+            model = getattr(transformers, auto_class).from_config(bermo_config, trust_remote_code=False)
+    except Exception as error:
+        raise PublishError(f"{folder}/config.json: cannot build {architecture} from it ({one_line(error)})") from None
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    prefix = model.base_model_prefix + "."
+    if not any(name.startswith(prefix) for name in shapes) and any(name.startswith(prefix) for name in expected):
+        shapes = {prefix + name: shape for name, shape in shapes.items()}  # a base model's weights under a head
+    base = prefix if type(model) is not type(model.base_model) else ""
+
+    def may_be_missing(name):  # initialized when loaded: the task head, the pooler
+        return (base and not name.startswith(base)) or name.removeprefix(base).startswith("pooler.")
+
+    missing = [name for name in expected if name not in shapes and not may_be_missing(name)]
+    unexpected = [name for name in shapes if name not in expected]
+    mismatched = [f"{name} {shapes[name]} vs {expected[name]}" for name in expected
+                  if name in shapes and shapes[name] != expected[name]]
+    problems = [f"missing {name_list(missing)}" if missing else "",
+                f"unexpected {name_list(unexpected)}" if unexpected else "",
+                f"shape mismatch {name_list(mismatched, 2)}" if mismatched else ""]
+    if any(problems):
+        raise PublishError(f"{folder}: the weights do not fit the {architecture} of config.json: "
+                           + "; ".join(problem for problem in problems if problem))
 
 
 def check_card(path):
@@ -100,8 +181,16 @@ def push_to_hub(folder, repo_id, private=False, revision=None, commit_message=No
         api.whoami()
     except Exception as error:
         raise PublishError(f"Hub at {api.endpoint} refused the token or is unreachable ({one_line(error)})") from None
+    existing = existing_repo(api, repo_id)
+    if existing is not None and private and not existing.private:
+        raise PublishError(
+            f"{repo_id} exists and is public: --private does not change an existing repository's visibility; make "
+            "it private on the Hub first (its settings, or HfApi().update_repo_settings(repo_id, private=True)), or "
+            "push without --private"
+        )
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True)
+        if existing is None:
+            api.create_repo(repo_id, private=private, exist_ok=True)
         if revision is not None:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         commit = api.upload_folder(
@@ -113,15 +202,26 @@ def push_to_hub(folder, repo_id, private=False, revision=None, commit_message=No
         raise PublishError(
             f"push to {repo_id} failed ({one_line(error)}); no commit was made (the repository may exist, empty)"
         ) from None
-    config = json.loads((Path(folder) / "config.json").read_text())
-    architecture = (config.get("architectures") or ["BermoModel"])[0]
-    auto_class = next((name for name, target in config["auto_map"].items() if target.endswith("." + architecture)),
-                      "AutoModel")
-    log(f"pushed {folder} to {commit.commit_url}")
+    auto_class, _ = auto_class_for(json.loads((Path(folder) / "config.json").read_text()))
+    visibility = "private" if (existing.private if existing is not None else private) else "public"
+    log(f"pushed {folder} to {commit.commit_url} ({visibility})")
     log("load it with:\n"
-        f"    from transformers import {auto_class}\n"
+        f"    from transformers import {auto_class}, AutoTokenizer\n"
+        f"    tokenizer = AutoTokenizer.from_pretrained({repo_id!r}, revision={commit.oid!r}, trust_remote_code=True)\n"
         f"    model = {auto_class}.from_pretrained({repo_id!r}, revision={commit.oid!r}, trust_remote_code=True)")
     return commit
+
+
+def existing_repo(api, repo_id):
+    """The Hub's information on REPO_ID (its `.private`), or None if there is no such repository."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        return api.repo_info(repo_id)
+    except RepositoryNotFoundError:
+        return None
+    except Exception as error:
+        raise PublishError(f"cannot look up {repo_id} on {api.endpoint} ({one_line(error)})") from None
 
 
 def main(argv=None):
@@ -132,7 +232,8 @@ def main(argv=None):
     )
     parser.add_argument("folder", help="a BERMo checkpoint folder (from bermo-convert or finetune.py)")
     parser.add_argument("repo_id", help="Hub repository, e.g. my-name/bermo-minilm-sst2 (created if needed)")
-    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--private", action="store_true",
+                        help="create the repository as private (refused for an existing public repository)")
     parser.add_argument("--revision", help="branch to push to (created if needed; default main)")
     parser.add_argument("--commit-message", help="commit message")
     parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the cached login)")
