@@ -97,6 +97,7 @@ def _finetune_argv(spec, output_dir):
         "--max_train_steps", str(spec["max_train_steps"]),
         "--learning_rate", str(LEARNING_RATE),
         "--seed", str(SEED),
+        *spec.get("extra_args", []),
     ]
 
 
@@ -273,12 +274,14 @@ def glue_folder(args, directory):
     return str(folder)
 
 
-def run_once(run, args, directory, number):
-    """One run in a fresh process: its step stamps and what it observed."""
+def run_once(run, args, directory, number, model_type=None, extra_args=()):
+    """One run in a fresh process: its step stamps and what it observed. `model_type` and `extra_args` (more
+    finetune.py arguments) serve other benchmarks built on this one (bench_pruning.py)."""
     spec_path, result_path = directory / f"{run}-{number}.json", directory / f"{run}-{number}.result.json"
     log_path = directory / f"{run}-{number}.log"
     spec = {
-        "run": run, "model_type": "bert" if run == "finetune_bert" else "bermo",
+        "run": run, "model_type": model_type or ("bert" if run == "finetune_bert" else "bermo"),
+        "extra_args": list(extra_args),
         "model": args.model_name_or_path, "task_name": args.task_name, "glue_dir": args.glue_folder,
         "batch_size": args.batch_size, "eval_batch_size": args.eval_batch_size, "max_length": args.max_length,
         "max_train_steps": args.max_train_steps, "warmup_steps": args.warmup_steps,
@@ -287,7 +290,8 @@ def run_once(run, args, directory, number):
     spec_path.write_text(json.dumps(spec))
     start = time.perf_counter()
     with open(log_path, "w") as log:
-        process = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path)],
+        process = subprocess.run([sys.executable, str(Path(__file__).resolve().with_name("bench_finetune.py")),
+                                  "--worker", str(spec_path)],
                                  cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - start
     if process.returncode != 0 or not result_path.is_file():
