@@ -466,7 +466,7 @@ def plan(args, progress=True):
     """Read and subsample the tasks, cache features (frozen) and data files (finetune), list the runs."""
     seeds = check_args(args)
     checkpoint = absolute_if_local(args.model_name_or_path)
-    output_dir = Path(args.output_dir)
+    output_dir = Path(args.output_dir).resolve()
     tasks = find_tasks(args.probing_dir, args.tasks)
     limits = {"tr": args.max_train_rows or None, "va": args.max_eval_rows or None, "te": args.max_eval_rows or None}
     tasks = [subsample(task, limits) for task in tasks]

@@ -109,7 +109,7 @@ class Experiment:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self):
-        self.output_dir = Path(self.output_dir)
+        self.output_dir = Path(self.output_dir).resolve()  # engines may run a run in another working directory
         ids = [run.id for run in self.runs]
         if len(set(ids)) != len(ids):
             raise ExperimentError("two runs of this experiment have the same configuration")
