@@ -5,7 +5,7 @@
 Writes, under OUTPUT_DIR:
 
 - `glue/QQP/train.tsv`, `glue/QQP/dev.tsv`: the 23,497-line QQP training subset (GLUE's own rows, no header) split
-  at random (numpy seed 0) into 21,496 training and 2,000 dev rows (23,496 valid rows; one malformed row dropped), with GLUE's header, so that
+  at random (numpy seed 0) into 22,496 training and 1,000 dev rows (23,496 valid rows; one malformed row dropped), with GLUE's header, so that
   `--task_name qqp --glue_dir OUTPUT_DIR/glue` reads them. GLUE's own QQP dev set is not available here.
 - `corpus.txt`: real English sentences, one per line, for `bermo-experiment build-probing`: the original (label
   `O`) sentences of SentEval's bigram_shift and coordination_inversion files (BookCorpus sentences, SentEval's
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 QQP_HEADER = ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"]
-QQP_DEV_ROWS = 2000
+QQP_DEV_ROWS = 1000
 
 
 def split_qqp(shared, output):
