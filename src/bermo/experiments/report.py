@@ -3,7 +3,6 @@
 Everything here reads the summary that the analysis computed; nothing is measured or recomputed.
 """
 
-import json
 import math
 from pathlib import Path
 
@@ -352,11 +351,13 @@ def controls_markdown(summary, result):
             continue
         layers = controls.get("best_single_layer", {})
         best_layer = f" (L{layers['mean']:.1f})" if layers.get("n") else ""
-        rows.append([tasks[task]["short_name"]] + [mean_sd(controls.get(n), 100, 1).split(" ±")[0] for n in layer_names]
+        name = tasks[task]["short_name"] + (" (built)" if tasks[task]["source"] == "built" else "")
+        rows.append([name] + [mean_sd(controls.get(n), 100, 1).split(" ±")[0] for n in layer_names]
                     + [mean_sd(controls.get("uniform"), 100, 1).split(" ±")[0],
                        mean_sd(controls.get("best_single"), 100, 1).split(" ±")[0] + best_layer,
                        mean_sd(entry["bert"], 100, 1).split(" ±")[0], mean_sd(entry["bermo"], 100, 1).split(" ±")[0]])
-    return table(header, rows) + "\n\nBest single layer: chosen per seed by dev accuracy (its mean index shown)."
+    return table(header, rows) + ("\n\nBest single layer: chosen per seed by dev accuracy (its mean index shown). "
+                                  "Tasks marked (built) were built by build-probing; the others are SentEval's files.")
 
 
 def plot_probing_differences(summary, protocol, path):

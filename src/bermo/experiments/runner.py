@@ -36,6 +36,7 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -321,6 +322,8 @@ def run_process(run_dir, env, quiet):
                                    stdin=subprocess.DEVNULL)
     if (run_dir / RESULT).is_file():
         return None
+    if completed.returncode in (-signal.SIGINT, 130):  # Ctrl-C: the run stays pending, not failed
+        raise KeyboardInterrupt
     reason = f"the run process exited with code {completed.returncode}"
     if completed.returncode < 0:
         reason += " (killed by a signal; out of memory?)"
