@@ -63,6 +63,7 @@ def test_convergence_runs_resume_and_refuse_another_configuration(tiny_bert, sst
     assert all(r["status"] == "ok" for r in records) and len({r["run_id"] for r in records}) == 4
     assert all(r["run_id"] == runner.run_id(r["config"]) for r in records)
     assert all("--save_eval_predictions" in r["config"]["train_args"] for r in records)
+    assert all(r["result"]["steps"] == 6 and 0 < r["result"]["step_seconds"] < r["wall_s"] / 6 for r in records)
 
     summary = json.loads((out / "summary.json").read_text())
     for record in records:  # the curves recomputed from per-example predictions are the loop's own metrics

@@ -24,22 +24,22 @@ TRAINING_GROUPS = ("data", "model", "optimization")
 # ...except those the experiment sets per run or refuses
 OWNED_BY_EXPERIMENT = {"model_type", "seed", "test_file", "trust_remote_code", "help"}
 DEFAULT_TARGETS = (0.95, 0.98, 1.0)
-CPU_DEFAULTS = dict(max_train_steps=300, per_device_train_batch_size=16, per_device_eval_batch_size=64)
+CPU_DEFAULTS = dict(max_train_steps=200, per_device_train_batch_size=16, per_device_eval_batch_size=64)
 
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
         "convergence", help="steps to a dev target: BERT vs BERMo, over seeds",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="CPU scale (the default, under an hour on 2 cores): all-MiniLM-L6-v2, 3 seeds, 300 steps, "
-        "evaluation every 25.\nFull scale on GPUs: --model_name_or_path bert-base-uncased --task_name mnli "
+        epilog="CPU scale (the default, under an hour on 2 cores): all-MiniLM-L6-v2, 3 seeds, 200 steps of "
+        "16 examples, evaluation every 20.\nFull scale on GPUs: --model_name_or_path bert-base-uncased --task_name mnli "
         "--glue_dir GLUE --seeds 5 --max_train_steps 20000 --eval_steps 500 --per_device_train_batch_size 32 "
         "--learning_rate 2e-5 --jobs <number of GPUs>",
     )
     training_actions = copy_training_options(parser)
     parser.set_defaults(training_actions=training_actions, **CPU_DEFAULTS)
     group = parser.add_argument_group("convergence")
-    group.add_argument("--eval_steps", type=int, default=25, help="evaluate the dev set every N optimizer steps")
+    group.add_argument("--eval_steps", type=int, default=20, help="evaluate the dev set every N optimizer steps")
     group.add_argument("--targets", type=float, nargs="+", default=list(DEFAULT_TARGETS),
                        help="fractions q of the median over seeds of BERT's best dev metric (each in (0, 1.5])")
     group.add_argument("--metric", help="the dev metric of the curves (default: the task's: accuracy, f1 for "
@@ -194,7 +194,7 @@ def analyze(experiment, records, data, targets, confidence=0.95, n_resamples=100
                 "status": record["status"] if record else "not run",
                 "error": record.get("error") if record else None,
                 "evaluations": 0 if run_curve is None else len(run_curve["steps"]),
-                "seconds_per_step": result.get("seconds_per_step"),
+                "seconds_per_step": result.get("step_seconds"),
             })
             if model == "bermo" and result.get("layer_mix"):
                 mixes.append({"label": f"seed {seed}", **result["layer_mix"]})

@@ -48,6 +48,7 @@ DENSE = "dense"
 # a run collapses at or below majority-class accuracy + this margin, or with this share of one class
 COLLAPSE_MARGIN = 0.02
 ONE_CLASS_SHARE = 0.95
+CLOPPER_PEARSON_LEVEL = 0.95  # the collapse rates' exact intervals (--confidence sets the bootstrap's)
 NON_FINITE = "non-finite"  # the training loop's divergence message: "loss became non-finite (nan or inf) at step N"
 
 # the pruning flags that the experiment sets per cell (the others are taken from the command line as they are)
@@ -396,7 +397,7 @@ def run_outcome(status, error, predictions, references):
     return out
 
 
-def collapse_rate(outcomes, confidence=0.95):
+def collapse_rate(outcomes, confidence=CLOPPER_PEARSON_LEVEL):
     """Counts of a list of outcomes and the collapse rate (collapsed + diverged over the classified runs) with its
     Clopper-Pearson interval."""
     counts = {name: sum(o == name for o in outcomes) for name in ("stable", "collapsed", "diverged", "failed")}
@@ -556,7 +557,7 @@ def analyze(experiment, records, data, confidence=0.95, n_resamples=1000, match_
                "confidence": confidence, "collapse_rule": {"margin": COLLAPSE_MARGIN, "one_class_share": ONE_CLASS_SHARE},
                "full_scale": FULL_SCALE[study], "layer_mixes": layer_mixes(cells, runs)}
     summary["runs"] = [{k: v for k, v in row.items() if k != "layer_mix"} for row in runs]
-    summary["stability"] = stability_table(cells, runs, confidence)
+    summary["stability"] = stability_table(cells, runs)
     if study == "efficiency":
         summary["efficiency"] = efficiency_tables(cells, runs, seeds, confidence, n_resamples, match_fractions)
     n = len(seeds)
@@ -569,7 +570,7 @@ def canonical_cell(cell):
     return json.dumps(cell, sort_keys=True)
 
 
-def stability_table(cells, runs, confidence):
+def stability_table(cells, runs):
     """Per cell: per model the collapse counts, rate and CI, median/worst accuracy, measured remaining fraction;
     Fisher's test BERT vs BERMo; and the same over all pruned cells pooled."""
     table, pooled = [], {m: [] for m in MODELS}
@@ -579,7 +580,7 @@ def stability_table(cells, runs, confidence):
         for model in MODELS:
             rows = [r for r in runs if r["cell"] == name and r["model"] == model and r["outcome"] != "not run"]
             outcomes = [r["outcome"] for r in rows]
-            rate = collapse_rate(outcomes, confidence)
+            rate = collapse_rate(outcomes)
             accuracies = [r["accuracy"] for r in rows if r["outcome"] in ("stable", "collapsed")]
             remaining = [r["remaining_encoder_fraction"] for r in rows
                          if r["outcome"] in ("stable", "collapsed") and r["remaining_encoder_fraction"] is not None]
@@ -590,7 +591,7 @@ def stability_table(cells, runs, confidence):
                 pooled[model] += outcomes
         entry["fisher_exact"] = compare_collapse(entry["models"]["bert"], entry["models"]["bermo"])
         table.append(entry)
-    pooled_rates = {m: collapse_rate(pooled[m], confidence) for m in MODELS}
+    pooled_rates = {m: collapse_rate(pooled[m]) for m in MODELS}
     return {"cells": table, "pooled": {"models": pooled_rates,
                                        "fisher_exact": compare_collapse(pooled_rates["bert"], pooled_rates["bermo"])}}
 

@@ -149,8 +149,8 @@ def convergence_markdown(summary, plots):
                         [[mean_sd(summary["seconds_per_step"]["bert"], digits=3),
                           mean_sd(summary["seconds_per_step"]["bermo"], digits=3),
                           number(ratio["ratio"], 3) + interval(ratio.get("ci"), 3)]]),
-                  "", "Seconds per step = the run's whole time in the training loop (loading, training, evaluations) "
-                  "/ its steps; wall-clock speedup = S × this ratio."]
+                  "", "Seconds per step: the median time between two optimizer steps of a run (training only: "
+                  "loading and evaluations left out); mean ± sd over seeds. Wall-clock speedup = S × this ratio."]
     lines += ["", runs_markdown(summary)]
     lines += ["", "## Plots", ""] + [f"![{title}]({path})" for title, path in plots]
     return "\n".join(lines) + "\n"
