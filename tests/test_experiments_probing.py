@@ -249,3 +249,11 @@ def test_build_probing_refuses_to_overwrite_and_bad_corpus(built, tmp_path, caps
     assert main(["build-probing", "--corpus", str(tiny), "--output_dir", str(tmp_path / "o2")]) == 2
     assert "no task could be built from 1 sentences" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
+
+
+def test_last_layer_with_learned_scale_control_keeps_its_weights_and_learns_its_scale():
+    rng = np.random.default_rng(2)
+    splits = [_layered_features(rng, n, informative=3) for n in (100, 40, 40)]
+    result = fit_probe(*splits, 2, probe_grid("logreg", [], [], [1e-3]), seed=0, mix=np.eye(4)[3], learn_scale=True,
+                       max_epochs=8, epoch_size=4, tenacity=2)
+    assert result["mix"]["weights"] == [0.0, 0.0, 0.0, 1.0] and result["mix"]["scale"] != 1.0

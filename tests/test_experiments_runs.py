@@ -226,7 +226,8 @@ def test_probing_frozen_planned_for_another_scheduler_then_finished_locally(tiny
     for task in ("bigram_shift", "past_present"):
         entry = frozen["tasks"][task]
         assert entry["seeds_ok"] == 2 and len(entry["difference"]["ci"]) == 2
-        assert {f"layer_{j}" for j in range(4)} | {"uniform", "bermo", "best_single"} <= set(entry["controls"])
+        assert {f"layer_{j}" for j in range(4)} | {"uniform", "bermo", "best_single", "last_scaled"} <= set(
+            entry["controls"])
         assert entry["controls"]["layer_3"] == entry["bert"]  # BERT's probe reads the last layer
         assert len(entry["layer_mixes"]) == 2
     assert frozen["semantic_mean"]["tasks"] == ["past_present"]

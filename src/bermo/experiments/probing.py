@@ -6,7 +6,8 @@ one or more `--probing_dir`s. Two protocols:
 - frozen: the encoder stays fixed. The [CLS] vectors of every representation h_0 (embeddings) .. h_L are
   computed once per task and cached (OUTPUT_DIR/features/*.npz). BERT's probe reads h_L; BERMo's probe reads
   m = s * sum_j softmax(w)_j h_j, with w and s trained jointly with the probe. Controls in the same table: a probe
-  on every single layer, on the uniform mean of the layers, and the best single layer chosen on dev. The probe is
+  on every single layer, on the uniform mean of the layers, the best single layer chosen on dev, and the last
+  layer with a learned scale (BERMo's scale without its mix). The probe is
   SentEval's: an MLP (Linear, Dropout, Sigmoid, Linear) with the hidden size and dropout chosen on dev among
   `--probe_hidden`/`--probe_dropout` (the probing paper's grid: 50/100/200 and 0/0.1/0.2; the CPU default tries
   50 and 0.1 only), or logistic regression (`--probe logreg`); L2 (Adam weight decay) chosen on dev from
@@ -241,11 +242,12 @@ def load_features(path):
 # The probe
 
 
-def make_probe(input_dim, num_classes, hidden, dropout, num_representations=None, mix=None):
+def make_probe(input_dim, num_classes, hidden, dropout, num_representations=None, mix=None, learn_scale=False):
     """SentEval's probe: logistic regression (hidden 0) or Linear-Dropout-Sigmoid-Linear, optionally behind a mix.
 
     mix None: the input is one representation (n, H). Otherwise the input is (n, R, H) and mix is "learned"
-    (BERMo: softmax weights from zero logits, scale 1, trained with the probe) or fixed weights (R,) with scale 1.
+    (BERMo: softmax weights from zero logits, scale 1, both trained with the probe) or fixed weights (R,) with
+    scale 1 (trained with the probe if learn_scale: a control that separates BERMo's scale from its mix).
     The classifier is created first, so that for one seed its initialization does not depend on the mix.
     """
     import torch
@@ -268,12 +270,16 @@ def make_probe(input_dim, num_classes, hidden, dropout, num_representations=None
                 self.mix_scale = nn.Parameter(torch.ones(1))
             else:
                 self.register_buffer("fixed_weights", torch.as_tensor(mix, dtype=torch.float32))
-                self.register_buffer("fixed_scale", torch.ones(1))
+                if learn_scale:
+                    self.mix_scale = nn.Parameter(torch.ones(1))
+                else:
+                    self.register_buffer("fixed_scale", torch.ones(1))
 
         def mix_weights(self):
+            scale = self.mix_scale if hasattr(self, "mix_scale") else self.fixed_scale
             if hasattr(self, "mix_logits"):
-                return torch.softmax(self.mix_logits.float(), dim=0), self.mix_scale
-            return self.fixed_weights, self.fixed_scale
+                return torch.softmax(self.mix_logits.float(), dim=0), scale
+            return self.fixed_weights, scale
 
         def forward(self, features):
             weights, scale = self.mix_weights()
@@ -282,8 +288,8 @@ def make_probe(input_dim, num_classes, hidden, dropout, num_representations=None
     return MixProbe()
 
 
-def train_probe(train, dev, num_classes, hidden, dropout, l2, seed, mix=None, mix_learning_rate=1e-2,
-                batch_size=64, learning_rate=1e-3, max_epochs=200, epoch_size=4, tenacity=5):
+def train_probe(train, dev, num_classes, hidden, dropout, l2, seed, mix=None, learn_scale=False,
+                mix_learning_rate=1e-2, batch_size=64, learning_rate=1e-3, max_epochs=200, epoch_size=4, tenacity=5):
     """Train one probe (SentEval's fit: Adam, early stopping on dev accuracy); the best dev state is kept.
 
     train/dev: (features, label ids) with features (n, H), or (n, R, H) when there is a mix. Returns
@@ -295,7 +301,7 @@ def train_probe(train, dev, num_classes, hidden, dropout, l2, seed, mix=None, mi
     x_train, y_train = torch.as_tensor(train[0]), torch.as_tensor(train[1])
     x_dev, y_dev = torch.as_tensor(dev[0]), torch.as_tensor(dev[1])
     model = make_probe(x_train.shape[-1], num_classes, hidden, dropout, x_train.shape[1] if mix is not None else None,
-                       mix)
+                       mix, learn_scale)
     mix_parameters = [p for n, p in model.named_parameters() if n.startswith("mix_")]
     other = [p for n, p in model.named_parameters() if not n.startswith("mix_")]
     groups = [{"params": other, "weight_decay": l2}]
@@ -374,15 +380,18 @@ def run_frozen_probe(config, run_dir):
         if representation == "bermo":
             data = {s: (features[s], y[s]) for s in SPLITS}
             return fit_probe(data["tr"], data["va"], data["te"], len(classes), grid, seed, mix="learned", **training)
-        if representation == "uniform":
+        if representation in ("uniform", "last_scaled"):
             data = {s: (features[s], y[s]) for s in SPLITS}
-            return fit_probe(data["tr"], data["va"], data["te"], len(classes), grid, seed,
-                             mix=np.full(num_representations, 1.0 / num_representations), **training)
+            weights = (np.full(num_representations, 1.0 / num_representations) if representation == "uniform"
+                       else np.eye(num_representations)[-1])
+            return fit_probe(data["tr"], data["va"], data["te"], len(classes), grid, seed, mix=weights,
+                             learn_scale=representation == "last_scaled", **training)
         data = {s: (np.ascontiguousarray(features[s][:, representation]), y[s]) for s in SPLITS}
         return fit_probe(data["tr"], data["va"], data["te"], len(classes), grid, seed, **training)
 
     probes = {f"layer_{j}": probe(j) for j in range(num_representations)}
     probes["uniform"] = probe("uniform")
+    probes["last_scaled"] = probe("last_scaled")
     probes["bermo"] = probe("bermo")
     best_layer = max(range(num_representations), key=lambda j: (probes[f"layer_{j}"]["dev"], -j))
     predictions = {name: result.pop("predictions") for name, result in probes.items()}

@@ -342,7 +342,8 @@ def controls_markdown(summary, result):
     layer_names = sorted({name for entry in result["tasks"].values() for name in entry["controls"]
                           if name.startswith("layer_")}, key=lambda name: int(name.split("_")[1]))
     header = ["task"] + ["emb" if name == "layer_0" else f"L{name.split('_')[1]}" for name in layer_names]
-    header += ["uniform mean", "best single on dev (layer)", "BERT: last layer", "BERMo: learned mix"]
+    header += ["uniform mean", "best single on dev (layer)", "last layer × learned scale", "BERT: last layer",
+               "BERMo: learned mix"]
     rows = []
     for task in _ordered_tasks(summary):
         entry = result["tasks"][task]
@@ -355,6 +356,7 @@ def controls_markdown(summary, result):
         rows.append([name] + [mean_sd(controls.get(n), 100, 1).split(" ±")[0] for n in layer_names]
                     + [mean_sd(controls.get("uniform"), 100, 1).split(" ±")[0],
                        mean_sd(controls.get("best_single"), 100, 1).split(" ±")[0] + best_layer,
+                       mean_sd(controls.get("last_scaled"), 100, 1).split(" ±")[0],
                        mean_sd(entry["bert"], 100, 1).split(" ±")[0], mean_sd(entry["bermo"], 100, 1).split(" ±")[0]])
     return table(header, rows) + ("\n\nBest single layer: chosen per seed by dev accuracy (its mean index shown). "
                                   "Tasks marked (built) were built by build-probing; the others are SentEval's files.")
