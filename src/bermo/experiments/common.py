@@ -3,6 +3,8 @@
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from .runner import ExperimentError
 
 MODELS = ("bert", "bermo")  # baseline first; both from one BERT checkpoint (--model_type of the training loop)
@@ -100,3 +102,18 @@ def absolute_if_local(path):
         return None
     candidate = Path(path).expanduser()
     return str(candidate.resolve()) if candidate.exists() else str(path)
+
+
+def json_safe(value):
+    """numpy values and float keys -> plain JSON types (infinity and nan stay floats: JSON's Infinity and NaN).
+
+    Bootstrap replicates are left out."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items() if k != "replicates"}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [json_safe(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from . import stats
-from .common import MODELS, PAPER, absolute_if_local, add_common_options, check_common, default_checkpoint, launch
+from .common import (MODELS, PAPER, absolute_if_local, add_common_options, check_common, default_checkpoint, json_safe,
+                     launch)
 from .runner import Experiment, ExperimentError, Run
 
 # the training loop's own options that the runs take as they are (data, model, optimization)
@@ -249,16 +250,3 @@ def _product(speedup, time_ratio):
     if speedup is None or time_ratio is None or (isinstance(speedup, float) and math.isnan(speedup)):
         return math.nan
     return speedup * time_ratio
-
-
-def json_safe(value):
-    """numpy values and float keys -> plain JSON types (infinity and nan stay floats; json writes them as such)."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items() if k != "replicates"}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [json_safe(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from . import stats
-from .common import MODELS, PAPER, absolute_if_local, add_common_options, check_common, default_checkpoint, launch
+from .common import (MODELS, PAPER, absolute_if_local, add_common_options, check_common, default_checkpoint, json_safe,
+                     launch)
 from .runner import Experiment, ExperimentError, Run, claim_output_dir
 
 SPLITS = ("tr", "va", "te")
@@ -603,8 +604,6 @@ def analyze(experiment, records, task_info, confidence=0.95, n_resamples=1000):
                                                                 confidence)
             result["semantic_mean"]["tasks"] = semantic
         summary["protocols"][protocol] = result
-    from .convergence import json_safe
-
     return json_safe(summary)
 
 

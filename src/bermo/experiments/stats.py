@@ -217,6 +217,7 @@ def convergence_statistics(curves, references, metric, targets, n_resamples=1000
     if with_ci:
         rng = np.random.default_rng(seed)
         seed_index, weights = resamples(rng, n_seeds, n, n_resamples)
+        weights = weights.astype(float)  # once, not per run
         replicate_values = {m: [weighted_metric(r["predictions"], references, weights, metric)
                                 if len(r["steps"]) else np.zeros((n_resamples, 0)) for r in runs[m]] for m in models}
         replicates = [
