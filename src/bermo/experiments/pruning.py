@@ -57,21 +57,26 @@ PRUNING_OWNED = {"pruning_method", "initial_threshold", "final_threshold", "regu
 # data options replaced by OUTPUT_DIR/data/ files when --train_rows subsamples the training data
 DATA_DESTS = {"task_name", "glue_dir", "train_file", "validation_file", "text_columns", "label_column", "label_type"}
 
-# CPU scale (2 cores, all-MiniLM-L6-v2): sized so that each study's default finishes in about an hour
+# CPU scale (2 cores, all-MiniLM-L6-v2). The mask scores' learning rate is 10x Sanh et al.'s 1e-2: with Adam a score
+# moves about that much per step, and a run of 100-150 steps must move scores by 2-5 units to prune at all (soft
+# movement: sigmoid(S) below 0.1 from S = 0; l0: from S = 2.197 to below -2.4). The lambdas were calibrated on
+# 1,000 SST-2 rows, BERT, 100 steps: soft_movement lambda 30 / 300 / 3000 left 94% / 64% / 6% of the encoder, l0
+# lambda 30 / 300 / 3000 left 85% / 21% / 0.3%.
 CPU_DEFAULTS = dict(per_device_train_batch_size=16, per_device_eval_batch_size=64, max_length=64,
                     learning_rate=1e-4, mask_scores_learning_rate=0.1)
 STUDY_DEFAULTS = {
     "stability": dict(methods=["magnitude", "movement", "soft_movement", "l0"], fractions=[0.15, 0.05],
-                      lambdas=[10.0, 100.0], train_rows=[1000, 4000], dense_baseline=False, max_train_steps=100),
-    "efficiency": dict(methods=["soft_movement", "l0"], fractions=[0.15, 0.05], lambdas=[3.0, 30.0, 300.0],
-                       train_rows=None, dense_baseline=True, max_train_steps=200),
+                      lambdas=[100.0, 1000.0], train_rows=[1000, 4000], dense_baseline=False, max_train_steps=100),
+    "efficiency": dict(methods=["soft_movement", "l0"], fractions=[0.15, 0.05], lambdas=[10.0, 100.0, 1000.0],
+                       train_rows=None, dense_baseline=True, max_train_steps=150),
 }
 # the design at full scale (GPU): what the CPU defaults cut, stated in summary.md
 FULL_SCALE = {
     "stability": dict(seeds=10, train_rows=[1000, 4000], fractions=[0.15, 0.10, 0.05, 0.03],
-                      lambdas=[1.0, 10.0, 100.0], epochs_of_1000_rows=10),
-    "efficiency": dict(seeds=5, lambdas=[1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0], train="the full QQP train "
-                       "set (364k pairs)", dev="GLUE's QQP dev set (40k pairs)"),
+                      lambdas=[10.0, 100.0, 1000.0], epochs_of_1000_rows=10),
+    "efficiency": dict(seeds=5, lambdas=[3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0],
+                       train="the full QQP train set (364k pairs), about 10 epochs",
+                       dev="GLUE's QQP dev set (40k pairs)"),
 }
 MATCH_POINTS = 4  # common remaining fractions of the matched comparison (log-spaced), unless --match_fractions
 
@@ -80,27 +85,31 @@ def add_parser(subparsers):
     parser = subparsers.add_parser(
         "pruning", help="pruning stability (SST-2) and parameter efficiency (QQP): BERT vs BERMo, over seeds",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="CPU scale (the defaults; each study about an hour on 2 cores with --jobs 2):\n"
+        epilog="CPU scale (the defaults: all-MiniLM-L6-v2, 3 seeds, batch 16, max_length 64, learning rate 1e-4, mask "
+        "scores 0.1; on 2 free cores with --jobs 2 about 75 min for stability (96 runs of 100 steps) and 60 min for "
+        "efficiency (42 runs of 150 steps)):\n"
         "  bermo-experiment pruning --study stability --task_name sst2 --glue_dir GLUE --output_dir out/prune-sst2 "
         "--jobs 2\n"
         "  bermo-experiment pruning --study efficiency --task_name qqp --glue_dir QQP_SPLIT --output_dir "
         "out/prune-qqp --jobs 2\n"
-        "  (all-MiniLM-L6-v2, 3 seeds, 100 / 200 steps, batch 16, max_length 64, learning rate 1e-4, mask scores "
-        "0.1)\n"
-        "Full scale on GPUs (Sanh et al.'s recipe):\n"
-        "  --model_name_or_path bert-base-uncased --seeds 10 --fractions 0.15 0.10 0.05 0.03 --lambdas 1 10 100 "
-        "--max_train_steps 630 --per_device_train_batch_size 16 --learning_rate 3e-5 "
-        "--mask_scores_learning_rate 1e-2 --max_length 128 --jobs <number of GPUs>   (stability: 10 epochs of 1k)\n"
-        "  --model_name_or_path bert-base-uncased --seeds 5 --lambdas 1 3 10 30 100 300 1000 --task_name qqp "
-        "--glue_dir GLUE --max_train_steps 60000 --per_device_train_batch_size 32 --learning_rate 3e-5 "
-        "--mask_scores_learning_rate 1e-2 --max_length 128 --jobs <number of GPUs>   (efficiency)",
+        "  (QQP_SPLIT: the glue/ folder that experiments/prepare_data.py writes: a stated train/dev split of the "
+        "QQP subset)\n"
+        "Full scale on GPUs (Sanh et al.'s recipe; lambda's effect depends on the steps and the scores' learning "
+        "rate: check the remaining fractions of a first run before a long sweep):\n"
+        "  --study stability --model_name_or_path bert-base-uncased --seeds 10 --fractions 0.15 0.10 0.05 0.03 "
+        "--lambdas 10 100 1000 --max_train_steps 630 --per_device_train_batch_size 16 --learning_rate 3e-5 "
+        "--mask_scores_learning_rate 1e-2 --max_length 128 --jobs <number of GPUs>\n"
+        "  --study efficiency --model_name_or_path bert-base-uncased --seeds 5 --lambdas 3 10 30 100 300 1000 3000 "
+        "--task_name qqp --glue_dir GLUE --max_train_steps 110000 --per_device_train_batch_size 32 "
+        "--learning_rate 3e-5 --mask_scores_learning_rate 1e-2 --max_length 128 --jobs <number of GPUs>",
     )
     parser.set_defaults(training_actions=copy_training_options(parser), pruning_actions=_copy_pruning_options(parser),
                         **CPU_DEFAULTS)
     group = parser.add_argument_group("pruning experiment")
     group.add_argument("--study", default="stability",
                        help="stability (collapse and divergence on small training subsets, e.g. SST-2) or "
-                       "efficiency (accuracy/F1 against the remaining weights over a lambda sweep, e.g. QQP)")
+                       "efficiency (accuracy/F1 against the remaining weights over a lambda sweep, e.g. QQP); "
+                       "--max_train_steps defaults to 100 (stability) or 150 (efficiency)")
     group.add_argument("--methods", nargs="+",
                        help="pruning methods: magnitude, movement (at --fractions), soft_movement, l0 (at --lambdas); "
                        "default: all four (stability), soft_movement l0 (efficiency)")
@@ -108,8 +117,8 @@ def add_parser(subparsers):
                        help="remaining fractions of each encoder matrix for magnitude/movement, each in (0, 1] "
                        "(default 0.15 0.05)")
     group.add_argument("--lambdas", nargs="+", type=float,
-                       help="final penalty weights of soft_movement/l0, each >= 0 (default: 10 100 (stability), "
-                       "3 30 300 (efficiency), log-spaced)")
+                       help="final penalty weights of soft_movement/l0, each >= 0 (default: 100 1000 (stability), "
+                       "10 100 1000 (efficiency), log-spaced)")
     group.add_argument("--train_rows", nargs="+", type=int,
                        help="class-balanced training subsets of N rows, written to OUTPUT_DIR/data/ (default: 1000 "
                        "4000 (stability); the whole training data (efficiency))")
@@ -476,7 +485,7 @@ def matched_difference(bert_curves, bermo_curves, targets, confidence=0.95, n_re
     bert_curves, bermo_curves: one (fractions, values) per seed, in the same seed order. Each curve is
     interpolated at the targets (interpolate_log); per target, the seeds where both curves reach it are paired:
     the mean difference, with a percentile bootstrap CI resampling those seeds (scipy.stats.bootstrap) when there
-    are at least 2 and confidence > 0. Returns one entry per target.
+    are at least 2 and confidence > 0. Returns one entry per target (bert_mean, bermo_mean: over the paired seeds).
     """
     from scipy import stats as scipy_stats
 
@@ -489,13 +498,18 @@ def matched_difference(bert_curves, bermo_curves, targets, confidence=0.95, n_re
         both = np.isfinite(a[:, j]) & np.isfinite(b[:, j])
         d = b[both, j] - a[both, j]
         entry = {"fraction": float(target), "pairs": int(both.sum()), "bert": a[:, j].tolist(),
-                 "bermo": b[:, j].tolist(), "difference": float(d.mean()) if len(d) else math.nan, "ci": None}
+                 "bermo": b[:, j].tolist(), "bert_mean": float(a[both, j].mean()) if len(d) else math.nan,
+                 "bermo_mean": float(b[both, j].mean()) if len(d) else math.nan,
+                 "difference": float(d.mean()) if len(d) else math.nan, "ci": None}
         if len(d) >= 2 and confidence > 0:
             if np.ptp(d) == 0:
                 entry["ci"] = [float(d[0]), float(d[0])]
             else:
-                result = scipy_stats.bootstrap((d,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
-                                               method="percentile", rng=np.random.default_rng(seed))
+                options = dict(confidence_level=confidence, n_resamples=n_resamples, method="percentile")
+                try:
+                    result = scipy_stats.bootstrap((d,), np.mean, rng=np.random.default_rng(seed), **options)
+                except TypeError:  # scipy < 1.15 names it random_state
+                    result = scipy_stats.bootstrap((d,), np.mean, random_state=np.random.default_rng(seed), **options)
                 entry["ci"] = [float(result.confidence_interval.low), float(result.confidence_interval.high)]
         entries.append(entry)
     return entries
@@ -554,7 +568,8 @@ def analyze(experiment, records, data, confidence=0.95, n_resamples=1000, match_
     summary = {"experiment": "pruning", "study": study, "data": data, "checkpoint": checkpoint, "command": command,
                "seeds": seeds, "base_args": config["base_args"],
                "pruning_options": config["pruning_options"], "cells": [cell_name(c) for c in cells],
-               "confidence": confidence, "collapse_rule": {"margin": COLLAPSE_MARGIN, "one_class_share": ONE_CLASS_SHARE},
+               "confidence": confidence,
+               "collapse_rule": {"margin": COLLAPSE_MARGIN, "one_class_share": ONE_CLASS_SHARE},
                "full_scale": FULL_SCALE[study], "layer_mixes": layer_mixes(cells, runs)}
     summary["runs"] = [{k: v for k, v in row.items() if k != "layer_mix"} for row in runs]
     summary["stability"] = stability_table(cells, runs)

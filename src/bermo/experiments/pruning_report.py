@@ -79,9 +79,9 @@ def pruning_markdown(summary, plots):
     rule = summary["collapse_rule"]
     lines += ["", f"A run **collapses** when its final dev accuracy is at most the majority-class accuracy "
               f"({percent(data['majority_accuracy'])}%) + {100 * rule['margin']:g} points, or when ≥ "
-              f"{100 * rule['one_class_share']:g}% of its final dev predictions fall in one class; it **diverges** when "
-              "its loss became non-finite (the training loop stops it; counted as a collapse). Runs that failed for "
-              "another reason are listed, not counted. Remaining = the encoder's remaining weights as Sanh et al. "
+              f"{100 * rule['one_class_share']:g}% of its final dev predictions fall in one class; it **diverges** "
+              "when its loss became non-finite (the training loop stops it; counted as a collapse). Runs that failed "
+              "for another reason are listed, not counted. Remaining = the encoder's remaining weights as Sanh et al. "
               "count them (kept matrix weights + biases + LayerNorm over all encoder parameters), measured at the "
               "final evaluation."]
     lines += ["", stability_markdown(summary)]
@@ -167,24 +167,25 @@ def efficiency_markdown(summary):
     for method, entry in efficiency["methods"].items():
         symbol = "λ" if entry["setting"] == "lambda" else "v"
         lines += [f"### {method}", "", "Mean ± sd over the finished seeds, %:", ""]
-        rows = [[number(p["setting"], 4) if isinstance(p["setting"], float) else p["setting"], NAMES[p["model"]],
+        rows = [[f"{p['setting']:g}", NAMES[p["model"]],
                  mean_sd(p["remaining_encoder_fraction"], 100, 2), mean_sd(p["accuracy"], 100, 2),
                  *([mean_sd(p.get("f1"), 100, 2)] if has_f1 else []),
                  f"{p['finished']}/{p['runs']}" + (f" ({p['diverged']} diverged)" if p["diverged"] else "")]
                 for p in entry["points"]]
         lines.append(table([symbol, "model", "remaining %", "accuracy", *(["F1"] if has_f1 else []),
                             "finished / runs"], rows))
-        lines += ["", f"At matched remaining fraction ({', '.join(percent(f, 2) + '%' for f in entry['match_fractions'])}"
-                  + ("" if entry["match_fractions"] else "none: the run curves do not overlap") + "):", ""]
+        fractions = ", ".join(percent(f, 2) + "%" for f in entry["match_fractions"])
+        lines += ["", f"At matched remaining fraction ({fractions or 'none: the run curves do not overlap'}):", ""]
         rows = []
         for metric, matched in entry["matched"].items():
             for point in matched:
-                rows.append([metric, percent(point["fraction"], 2), _mean_of(point["bert"]), _mean_of(point["bermo"]),
+                rows.append([metric, percent(point["fraction"], 2), percent(point["bert_mean"], 2),
+                             percent(point["bermo_mean"], 2),
                              (f"{100 * point['difference']:+.2f}" if point["pairs"] else "n/a")
                              + _points_interval(point["ci"]), point["pairs"]])
         if rows:
-            lines.append(table(["metric", "remaining %", "BERT %", "BERMo %", "BERMo − BERT, points [CI]",
-                                "seeds paired"], rows))
+            lines.append(table(["metric", "remaining %", "BERT % (paired seeds)", "BERMo % (paired seeds)",
+                                "BERMo − BERT, points [CI]", "seeds paired"], rows))
         lines.append("")
     confidence = summary.get("confidence") or 0
     lines += ["Matched remaining fraction: each run curve (one model, method and seed over the sweep) is interpolated "
@@ -194,11 +195,6 @@ def efficiency_markdown(summary):
                  "which cannot be wider than the seeds' own spread — with few seeds it understates the uncertainty."
                  if confidence else "no confidence intervals (--confidence 0).")]
     return "\n".join(lines)
-
-
-def _mean_of(values):
-    finite = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return percent(float(np.mean(finite)), 2) if finite else "n/a"
 
 
 def _points_interval(ci):
@@ -211,8 +207,8 @@ def cut_markdown(summary):
     lines = ["## What the CPU scale cut, and what that does to the intervals", ""]
     if study == "stability":
         lines.append(f"- Full design (GPU): {full['seeds']} seeds per cell, training subsets "
-                     f"{', '.join(map(str, full['train_rows']))} rows for about {full['epochs_of_1000_rows']} epochs of "
-                     f"1,000 rows, remaining fractions {', '.join(f'{v:g}' for v in full['fractions'])}, λ "
+                     f"{', '.join(map(str, full['train_rows']))} rows for about {full['epochs_of_1000_rows']} epochs "
+                     f"of 1,000 rows, remaining fractions {', '.join(f'{v:g}' for v in full['fractions'])}, λ "
                      f"{', '.join(f'{v:g}' for v in full['lambdas'])}. Here: {n} seeds, the cells above, "
                      f"`{_steps(summary)}` optimizer steps per run.")
     else:
