@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from . import stats
-from .common import MODELS, add_common_options, check_common, launch
-from .convergence import copy_training_options, json_safe, load_data, read_curve, training_argv
+from .common import MODELS, add_common_options, check_common, json_safe, launch
+from .convergence import copy_training_options, load_data, read_curve, training_argv
 from .runner import Experiment, ExperimentError, Run, claim_output_dir, write_text_atomic
 
 STUDIES = ("stability", "efficiency")

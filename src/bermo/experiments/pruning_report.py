@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import COLORS, NAMES, _pyplot, _save, mean_sd, number, table
+from .report import COLORS, NAMES, _pyplot, mean_sd, number, table
 from .runner import write_json_atomic, write_text_atomic
 
 MARKERS = {"dense": "*", "magnitude": "s", "movement": "o", "soft_movement": "^", "l0": "D"}
@@ -249,6 +249,16 @@ def runs_markdown(summary):
 # Plots
 
 
+def _save_tight(figure, path):
+    """Save through a temporary file in the same folder (readers never see half a PNG), cropped to what is drawn:
+    long row labels and legends below the axes stay inside the image."""
+    plt = _pyplot()
+    temporary = Path(path).with_name(f".{Path(path).stem}.tmp.png")
+    figure.savefig(temporary, dpi=90, bbox_inches="tight")
+    plt.close(figure)
+    temporary.replace(path)
+
+
 def plot_accuracy_vs_remaining(summary, path):
     plt = _pyplot()
     efficiency = summary.get("efficiency")
@@ -259,6 +269,8 @@ def plot_accuracy_vs_remaining(summary, path):
     finished = [r for r in runs if r["outcome"] in ("stable", "collapsed") and r.get("remaining_encoder_fraction")]
     diverged = [r for r in runs if r["outcome"] == "diverged"]
     floor = min([r["accuracy"] for r in finished] + [summary["data"]["majority_accuracy"]]) - 0.03
+    # stability: many runs share a target fraction; BERT's and BERMo's points are set apart by 4% in x
+    dodge = {"bert": 1.0, "bermo": 1.0} if efficiency else {"bert": 0.96, "bermo": 1.04}
     for axis, metric in zip(axes[0], metrics):
         axis.set_xscale("log")
         for model in NAMES:
@@ -269,7 +281,8 @@ def plot_accuracy_vs_remaining(summary, path):
                 for outcome, fill in (("stable", COLORS[model]), ("collapsed", "none")):
                     chosen = [r for r in rows if r["outcome"] == outcome and r[metric] is not None]
                     if chosen:
-                        axis.scatter([r["remaining_encoder_fraction"] for r in chosen], [r[metric] for r in chosen],
+                        axis.scatter([r["remaining_encoder_fraction"] * dodge[model] for r in chosen],
+                                     [r[metric] for r in chosen],
                                      marker=MARKERS[method], facecolors=fill, edgecolors=COLORS[model], s=36,
                                      alpha=0.8, label=f"{NAMES[model]} {method}" if outcome == "stable" or not any(
                                          r["outcome"] == "stable" for r in rows) else None)
@@ -284,15 +297,16 @@ def plot_accuracy_vs_remaining(summary, path):
                 for model in NAMES:
                     rows = [r for r in diverged if r["model"] == model]
                     if rows:
-                        fractions = [_target_fraction(r) for r in rows]
+                        fractions = [_target_fraction(r) * dodge[model] for r in rows]
                         axis.scatter(fractions, [floor] * len(rows), marker="x", color=COLORS[model],
                                      label=f"{NAMES[model]} diverged ({len(rows)})")
         axis.set_xlabel("remaining encoder weights (fraction, log scale)")
         axis.set_ylabel(f"final dev {metric}")
         axis.legend(fontsize=7, ncol=2)
-    study = "stability: open markers = collapsed" if not efficiency else "efficiency: lines = means over seeds"
+    study = ("stability: open markers = collapsed, x = diverged; BERT/BERMo set 4% apart in x" if not efficiency
+             else "efficiency: lines = means over seeds")
     figure.suptitle(f"{summary['data']['name']} — {study}", fontsize=10)
-    _save(figure, path)
+    _save_tight(figure, path)
 
 
 def _mean_line(axis, rows, metric, color):
@@ -334,7 +348,7 @@ def plot_collapse_rates(summary, path):
     axis.set_xlabel("collapse rate (divergences included)")
     axis.set_title("Collapse rates per cell (95% Clopper–Pearson)", fontsize=10)
     axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.3 / len(cells)), ncol=2)
-    _save(figure, path)
+    _save_tight(figure, path)
 
 
 def plot_matched_differences(summary, path):
@@ -360,7 +374,7 @@ def plot_matched_differences(summary, path):
         axis.set_ylabel(f"BERMo − BERT dev {metric} (points)")
         axis.legend(fontsize=8)
     figure.suptitle("At matched remaining fraction (band: bootstrap CI over seeds)", fontsize=10)
-    _save(figure, path)
+    _save_tight(figure, path)
 
 
 def plot_layer_mixes(mixes, path):
@@ -372,7 +386,8 @@ def plot_layer_mixes(mixes, path):
     for row, mix in enumerate(mixes):
         matrix[row, :len(mix["weights"])] = mix["weights"]
     layers = mixes[0].get("layers") or list(range(width))
-    figure, axis = plt.subplots(figsize=(4.5 + 0.6 * width, 1.4 + 0.24 * len(mixes)))
+    longest = max(len(f"{m['label']} (s={m['scale']:.2f})") for m in mixes)
+    figure, axis = plt.subplots(figsize=(2.5 + 0.045 * longest + 0.6 * width, 2.0 + 0.24 * len(mixes)))
     image = axis.imshow(matrix, aspect="auto", cmap="viridis", vmin=0)
     axis.set_xticks(range(width), ["emb" if layer == 0 else f"L{layer}" for layer in layers])
     axis.set_yticks(range(len(mixes)), [f"{m['label']} (s={m['scale']:.2f})" for m in mixes], fontsize=6)
@@ -383,4 +398,4 @@ def plot_layer_mixes(mixes, path):
                           color="white" if value < np.nanmax(matrix) * 0.6 else "black")
     axis.set_title("BERMo's layer weights under pruning (softmax; s = scale)", fontsize=9)
     figure.colorbar(image, ax=axis, label="softmax weight")
-    _save(figure, path)
+    _save_tight(figure, path)
