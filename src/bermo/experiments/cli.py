@@ -12,16 +12,17 @@ another configuration. Exit codes: 0 done, 2 bad input (one line on stderr, noth
 import argparse
 import sys
 
-from . import build_probing, convergence, probing
+from . import build_probing, convergence, probing, pruning
 from .runner import ExperimentError
 
-COMMANDS = {"convergence": convergence, "probing": probing, "build-probing": build_probing}
+COMMANDS = {"convergence": convergence, "probing": probing, "pruning": pruning, "build-probing": build_probing}
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="bermo-experiment", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{convergence,probing,build-probing}")
+    subparsers = parser.add_subparsers(dest="command", required=True,
+                                       metavar="{convergence,probing,pruning,build-probing}")
     for module in COMMANDS.values():
         module.add_parser(subparsers)
     return parser
