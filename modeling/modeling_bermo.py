@@ -54,8 +54,11 @@ class BermoLayerMix(nn.Module):
         super().__init__()
         config._validate_mix()  # values set after the config's __init__ (e.g. from_pretrained(..., mix_layers=...))
         self.layer_indices = config.mix_layer_indices
-        self.logits = nn.Parameter(torch.zeros(len(self.layer_indices)), requires_grad=config.mix_trainable)
-        self.scale = nn.Parameter(torch.ones(1), requires_grad=config.mix_trainable)
+        # float32 whatever the default dtype (`from_config(..., dtype=torch.bfloat16)` sets it while building)
+        self.logits = nn.Parameter(
+            torch.zeros(len(self.layer_indices), dtype=torch.float32), requires_grad=config.mix_trainable
+        )
+        self.scale = nn.Parameter(torch.ones(1, dtype=torch.float32), requires_grad=config.mix_trainable)
         self.layer_norm = config.mix_layer_norm
         self.layer_norm_eps = config.layer_norm_eps
         self.dropout = config.mix_dropout
@@ -108,6 +111,8 @@ class BermoMixAccumulator:
         if self.layer_mix.layer_norm:
             hidden_state = F.layer_norm(hidden_state.float(), hidden_state.shape[-1:], eps=self.layer_mix.layer_norm_eps)
         weight = self.weights[position]
+        if self.total is not None and hidden_state.device != self.total.device:
+            hidden_state = hidden_state.to(self.total.device)  # layers spread over devices (device_map="auto")
         if self.total is None:
             self.total = hidden_state.float() * weight
         elif torch.is_grad_enabled():
@@ -124,8 +129,7 @@ class BermoPreTrainedModel(BertPreTrainedModel):
     config: BermoConfig
     base_model_prefix = "bert"
     supports_gradient_checkpointing = True
-    # fp32 mix under fp16 (`_keep_in_fp32_modules`) and bf16 (`_strict`) loading
-    _keep_in_fp32_modules = ["layer_mix"]
+    # fp32 mix under fp16 and bf16 loading (`_strict` covers both; `from_pretrained` also restores it afterwards)
     _keep_in_fp32_modules_strict = ["layer_mix"]
     _no_split_modules = ["BertEmbeddings", "BertLayer", "BermoLayerMix"]
 
@@ -166,7 +170,7 @@ class BermoPreTrainedModel(BertPreTrainedModel):
                 f"{key}: {tuple(theirs)} in the checkpoint, {tuple(ours)} in the model"
                 for key, theirs, ours in sorted(loading_info["mismatched_keys"])
             )
-            raise ValueError(
+            raise RuntimeError(  # what transformers raises for mismatched sizes, with a clearer message
                 f"{pretrained_model_name_or_path}: shapes do not fit ({details}); a num_labels that differs from the "
                 "checkpoint's head? Pass ignore_mismatched_sizes=True to re-initialize those tensors"
             )
@@ -204,6 +208,11 @@ class BermoModel(BermoPreTrainedModel, BertModel):
     _auto_class = "AutoModel"
 
     def __init__(self, config, add_pooling_layer=True):
+        if capture_outputs is None and not hasattr(BertModel, "get_head_mask"):
+            raise ImportError(
+                f"BERMo runs on transformers 4.57+ or 5.5+ (transformers.utils.output_capturing); this is "
+                f"transformers {transformers.__version__}: pip install 'transformers>=5.5'"
+            )
         super().__init__(config, add_pooling_layer=add_pooling_layer)
 
     def post_init(self):
@@ -293,26 +302,43 @@ class BermoModel(BermoPreTrainedModel, BertModel):
             attentions=all_attentions,
         )
 
-    if capture_outputs is not None:  # transformers 5: its own thread-safe capture of hidden states and attentions
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        mix_first_token_only=False,
+        **kwargs,
+    ):
+        r"""
+        mix_first_token_only (`bool`, defaults to `False`):
+            Mix only the first position (all that the pooler reads): `last_hidden_state` then has length 1.
+        """
+        inputs = dict(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            mix_first_token_only=mix_first_token_only,
+        )
+        # flags left at None fall back to the config (an explicit None would hide `config.output_hidden_states`)
+        flags = dict(output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        flags = {name: value for name, value in flags.items() if value is not None}
+        if capture_outputs is not None:  # transformers 5: its own thread-safe capture of hidden states, attentions
+            if return_dict is not None:
+                flags["return_dict"] = return_dict
+            return self._captured_forward(**inputs, **flags, **kwargs)
+        output = self._mixed_forward(**inputs, **flags, **kwargs)
+        return _return(output, return_dict, self.config)
 
-        def forward(self, *args, mix_first_token_only=False, **kwargs):
-            r"""
-            mix_first_token_only (`bool`, defaults to `False`):
-                Mix only the first position (all that the pooler reads): `last_hidden_state` then has length 1.
-            """
-            return self._captured_forward(*args, mix_first_token_only=mix_first_token_only, **kwargs)
-
+    if capture_outputs is not None:
         _captured_forward = capture_outputs(tie_last_hidden_states=False)(_mixed_forward)
-
-    else:
-
-        def forward(self, *args, return_dict=None, mix_first_token_only=False, **kwargs):
-            r"""
-            mix_first_token_only (`bool`, defaults to `False`):
-                Mix only the first position (all that the pooler reads): `last_hidden_state` then has length 1.
-            """
-            output = self._mixed_forward(*args, mix_first_token_only=mix_first_token_only, **kwargs)
-            return _return(output, return_dict, self.config)
 
 
 def _classifier_dropout(config):

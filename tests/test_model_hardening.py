@@ -281,3 +281,45 @@ def test_trainer_with_gradient_checkpointing_trains(tmp_path):
     assert model.is_gradient_checkpointing
     assert not torch.equal(before, model.bert.layer_mix.logits.detach())
     assert not torch.equal(before, model.bert.layer_mix.logits.detach())
+
+
+def test_config_output_flags_reach_the_heads_outputs():
+    model = tiny_bermo(output_hidden_states=True, output_attentions=True, attn_implementation="eager")
+    output = model(**batches(1)[0])
+    assert len(output.hidden_states) == TINY_BERT["num_hidden_layers"] + 1
+    assert len(output.attentions) == TINY_BERT["num_hidden_layers"]
+    output = model(**batches(1)[0], output_hidden_states=False, output_attentions=False)
+    assert output.hidden_states is None and output.attentions is None
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_model_from_config_keeps_a_float32_mix(dtype):
+    model = BermoForSequenceClassification._from_config(BermoConfig(**TINY_BERT), dtype=dtype)
+    assert model.bert.layer_mix.logits.dtype == model.bert.layer_mix.scale.dtype == torch.float32
+    assert model.classifier.weight.dtype == dtype
+
+
+def test_forward_keeps_berts_signature():
+    import inspect
+
+    parameters = list(inspect.signature(BermoModel.forward).parameters)
+    assert parameters[:6] == ["self", "input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds"]
+
+
+def test_gradient_checkpointing_the_transformers_5_way():
+    model = tiny_bermo()
+    model.train()
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable()
+    else:
+        model.gradient_checkpointing_enable()
+    assert model.is_gradient_checkpointing
+    model(**batches(1)[0], labels=torch.tensor([0, 1])).loss.backward()
+    assert model.bert.layer_mix.logits.grad is not None
+
+
+def test_mismatched_head_raises_what_transformers_raises(bert_folder):
+    config = BertConfig.from_pretrained(bert_folder)
+    assert config.num_labels == 2
+    with pytest.raises(RuntimeError, match=r"classifier.weight: \(2, 32\) in the checkpoint, \(5, 32\) in the model"):
+        BermoForSequenceClassification.from_pretrained(bert_folder, num_labels=5)

@@ -347,3 +347,20 @@ def test_unknown_method_and_no_pruning():
     with pytest.raises(ValueError, match="--pruning_method 'prune_everything': unknown"):
         Pruner.from_args(argparse.Namespace(pruning_method="prune_everything"), 10)
     assert Pruner.from_args(parse(""), 10) is None
+
+
+def test_masks_follow_the_scores_under_a_fused_optimizer():
+    from bermo.pruning import MaskedLinear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(16, 8)
+    masked = MaskedLinear.from_linear(linear, "movement", mask_init="uniform", mask_scale=1.0)
+    masked.keep = 40
+    masked.schedule_step = 0
+    masked.refresh_mask()
+    optimizer = torch.optim.AdamW([masked.mask_scores], lr=1.0, fused=True)
+    masked(torch.randn(4, 16)).pow(2).sum().backward()
+    optimizer.step()
+    masked.schedule_step = 1
+    masked.refresh_mask()
+    assert torch.equal(masked.current_mask(), masked.compute_mask())

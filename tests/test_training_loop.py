@@ -64,3 +64,27 @@ def test_pushing_a_bert_baseline_is_refused_before_training(tiny_bert, sst2_file
                         "--model_type", "bert", "--push_to_hub", "--hub_model_id", "me/x"),
                  "--model_type bert runs are baselines")
     assert not (tmp_path / "out").exists()
+
+
+def test_pruning_flags_without_a_method_are_refused(tiny_bert, sst2_files, tmp_path):
+    assert_fails(common(tiny_bert, tmp_path / "out", "--task_name", "sst2", "--glue_dir", str(sst2_files / "glue"),
+                        "--final_threshold", "0.15"), "--pruning_method")
+    assert not (tmp_path / "out").exists()
+
+
+def test_learning_curve_series_have_their_own_colours_and_the_legend_is_off_the_axes(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    figures = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda self, *a, **k: figures.append(self))
+    records = [{"step": s, "split": "train", "loss": 1 / s} for s in (1, 2, 3)]
+    records += [{"step": s, "split": "validation", "accuracy": 0.5 + s / 10} for s in (1, 2, 3)]
+    training.plot_learning_curve(records, tmp_path / "curve.png", "accuracy")
+    (figure,) = figures
+    lines = [line for axis in figure.axes for line in axis.get_lines()]
+    assert len(lines) == 2 and lines[0].get_color() != lines[1].get_color()
+    legend = figure.legends[0]
+    figure.canvas.draw()
+    legend_box = legend.get_window_extent()
+    for axis in figure.axes:
+        assert not legend_box.overlaps(axis.get_window_extent())

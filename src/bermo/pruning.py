@@ -176,6 +176,7 @@ class MaskedLinear(nn.Linear):
             raise ValueError(f"--pruning_method {method!r}: unknown; choose one of {', '.join(METHODS)}")
         self.method = method
         self.keep = None  # None: keep everything
+        self.schedule_step = None  # set by the Pruner: a new optimizer step always gets a fresh mask
         self._cached = None  # (key, mask)
         if method != "magnitude":
             self.mask_scores = nn.Parameter(torch.empty_like(self.weight))
@@ -211,7 +212,8 @@ class MaskedLinear(nn.Linear):
 
     def _cache_key(self):
         source = self._mask_source()
-        return (source._version, source.data_ptr(), source.device, self.keep)
+        # the step too: fused optimizers update parameters without bumping their `_version`
+        return (source._version, source.data_ptr(), source.device, self.keep, self.schedule_step)
 
     @torch.no_grad()
     def compute_mask(self):
@@ -529,6 +531,7 @@ class Pruner:
             for module in self._masked:
                 module.keep = self.threshold
         for module in self._masked:
+            module.schedule_step = self.step
             module.refresh_mask()
 
     def _global_keeps(self):

@@ -174,7 +174,7 @@ def load_model(args, task_data):
             model = BermoForSequenceClassification.from_pretrained(args.model_name_or_path, **kwargs)
         else:
             model = transformers.AutoModelForSequenceClassification.from_pretrained(args.model_name_or_path, **kwargs)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RuntimeError) as error:
         raise TrainingError(f"--model_name_or_path {args.model_name_or_path}: {one_line(error)}") from None
     return model
 
@@ -319,19 +319,23 @@ def plot_learning_curve(records, path, metric):
         remaining_axis.legend(fontsize="small")
     else:
         figure, loss_axis = plt.subplots(figsize=(6, 4))
+    # every series its own colour (the twin axis would restart the colour cycle), the legend below the plot
+    colours = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"])
+    loss_colour = next(colours)
     if train:
-        loss_axis.plot(*zip(*train), color="tab:blue", label="training loss")
+        loss_axis.plot(*zip(*train), color=loss_colour, label="training loss")
     loss_axis.set_xlabel("optimizer step")
-    loss_axis.set_ylabel("training loss", color="tab:blue")
+    loss_axis.set_ylabel("training loss", color=loss_colour)
     metric_axis = loss_axis.twinx()
     for split in sorted({r["split"] for r in records if r["split"] != "train"}):
         points = [(r["step"], r[metric]) for r in records if r["split"] == split and metric in r]
         if points:
-            metric_axis.plot(*zip(*points), marker="o", label=f"{split} {metric}")
+            metric_axis.plot(*zip(*points), marker="o", color=next(colours), label=f"{split} {metric}")
     metric_axis.set_ylabel(metric)
-    loss_axis.legend(*[a + b for a, b in zip(loss_axis.get_legend_handles_labels(),
-                                              metric_axis.get_legend_handles_labels())], loc="best")
-    figure.tight_layout()
+    handles, labels = (a + b for a, b in zip(loss_axis.get_legend_handles_labels(),
+                                              metric_axis.get_legend_handles_labels()))
+    figure.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)) or 1, frameon=False)
+    figure.tight_layout(rect=(0, 0.08, 1, 1))
     figure.savefig(path, dpi=100)
     plt.close(figure)
 
@@ -397,15 +401,13 @@ def resume_position(checkpoint, steps_per_epoch, gradient_accumulation_steps):
 
 def build_features(args, max_train_steps):
     """The features that hang off the loop for these arguments (pruning, ...), validated; see `TrainingFeature`."""
-    features = []
-    if getattr(args, "pruning_method", None) is not None:
-        from .pruning import Pruner
+    from .pruning import Pruner
 
-        try:
-            features.append(Pruner.from_args(args, max_train_steps))
-        except ValueError as error:
-            raise TrainingError(str(error)) from None
-    return features
+    try:  # None without --pruning_method (and an error for pruning flags given without it)
+        pruner = Pruner.from_args(args, max_train_steps)
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
+    return [pruner] if pruner is not None else []
 
 
 class TrainingFeature:
@@ -566,8 +568,9 @@ def train(args):
         return results
 
     def stop_if_not_finite():
-        # One device sync at logging and checkpoint steps, not one per micro-batch.
-        bad = int(first_bad_step.item())
+        # One device sync at logging and checkpoint steps, not one per micro-batch; the largest over processes, so
+        # that every process stops at the same point (one stopping alone would leave the others waiting).
+        bad = int(accelerator.reduce(first_bad_step, reduction="max").item())
         if bad >= 0:
             raise TrainingError(
                 f"loss became non-finite (nan or inf) at step {bad}; stopped. Last good checkpoint: "
@@ -653,7 +656,7 @@ def train(args):
         if hasattr(feature, "before_save"):
             final_model = feature.before_save(final_model, output_dir, accelerator.is_main_process)
     save_final_outputs(accelerator, final_model, tokenizer, task_data, args, final_metrics, metrics_log,
-                       len(encoded["train"]), features)
+                       len(encoded["train"]), features, prepared_model=model)
     if args.with_tracking:
         accelerator.end_training()
     if args.push_to_hub and accelerator.is_main_process:
@@ -685,14 +688,18 @@ def write_predictions(model, loader, task_data, accelerator, path):
 
 
 def save_final_outputs(accelerator, model, tokenizer, task_data, args, final_metrics, metrics_log, train_size,
-                       features=()):
+                       features=(), prepared_model=None):
     """On the main process: final_metrics.json, layer_mix.json (BERMo), plots; unless --no-save_model, the model
     (save_pretrained: safetensors, modeling files), tokenizer and model card."""
     from .model_card import finetuned_model_card
 
     output_dir = Path(args.output_dir)
     if args.save_model:
-        model.save_pretrained(output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
+        # the full state dict, gathered from every process under FSDP / DeepSpeed ZeRO-3 (a no-op otherwise)
+        state_dict = accelerator.get_state_dict(prepared_model) if accelerator.distributed_type.value in (
+            "FSDP", "DEEPSPEED") else None
+        model.save_pretrained(output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
+                              state_dict=state_dict)
     if not accelerator.is_main_process:
         return
     feature_figures = {}
