@@ -76,6 +76,9 @@ def add_common_options(parser, default_seeds="3"):
                         help="run the runs recorded as failed again")
     launch.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="progress bar over runs")
+    launch.add_argument("--report_only", action=argparse.BooleanOptionalAction, default=False,
+                        help="run nothing: write the summary from the runs finished so far (the others are counted "
+                        "as not run), e.g. when an experiment must stop before its end")
 
 
 def check_common(args):
@@ -91,6 +94,9 @@ def check_common(args):
 
 
 def launch(experiment, args):
+    if args.report_only:
+        experiment.prepare()
+        return experiment.records()
     return experiment.launch(args.launcher, jobs=args.jobs, cpus_per_run=args.cpus_per_run,
                              gpus_per_run=args.gpus_per_run, retries=args.retries, retry_failed=args.retry_failed,
                              progress=args.progress)
