@@ -90,6 +90,11 @@ class BermoLayerMix(nn.Module):
             logits = logits.masked_fill(~keep, float("-inf"))
         return torch.softmax(logits, dim=0)
 
+    def forward(self):
+        """(softmax weights, scale) for one forward pass. Read through this call, not from the parameters directly, so
+        that accelerate's offloading hooks (device_map with CPU/disk offload) bring the parameters in for it."""
+        return self.normalized_weights(), self.scale.float().clone()
+
     def extra_repr(self):
         return f"layers={self.layer_indices}, layer_norm={self.layer_norm}, dropout={self.dropout}"
 
@@ -99,7 +104,7 @@ class BermoMixAccumulator:
 
     def __init__(self, layer_mix, first_token_only):
         self.layer_mix = layer_mix
-        self.weights = layer_mix.normalized_weights()
+        self.weights, self.scale = layer_mix()
         self.first_token_only = first_token_only
         self.total = None
         self.output_dtype = None
@@ -110,9 +115,9 @@ class BermoMixAccumulator:
         self.output_dtype = hidden_state.dtype
         if self.layer_mix.layer_norm:
             hidden_state = F.layer_norm(hidden_state.float(), hidden_state.shape[-1:], eps=self.layer_mix.layer_norm_eps)
-        weight = self.weights[position]
         if self.total is not None and hidden_state.device != self.total.device:
             hidden_state = hidden_state.to(self.total.device)  # layers spread over devices (device_map="auto")
+        weight = self.weights[position].to(hidden_state.device)
         if self.total is None:
             self.total = hidden_state.float() * weight
         elif torch.is_grad_enabled():
@@ -121,7 +126,7 @@ class BermoMixAccumulator:
             self.total.addcmul_(hidden_state, weight)  # in place: inference keeps a single running sum alive
 
     def result(self):
-        return (self.total * self.layer_mix.scale.float()).to(self.output_dtype)
+        return (self.total * self.scale.to(self.total.device)).to(self.output_dtype)
 
 
 class BermoPreTrainedModel(BertPreTrainedModel):

@@ -323,3 +323,19 @@ def test_mismatched_head_raises_what_transformers_raises(bert_folder):
     assert config.num_labels == 2
     with pytest.raises(RuntimeError, match=r"classifier.weight: \(2, 32\) in the checkpoint, \(5, 32\) in the model"):
         BermoForSequenceClassification.from_pretrained(bert_folder, num_labels=5)
+
+
+def test_offloaded_model_gives_the_same_outputs(tmp_path):
+    """device_map with disk offload: accelerate brings each module's weights in around its own forward call."""
+    pytest.importorskip("accelerate")
+    model = tiny_bermo(BermoModel)
+    model.save_pretrained(tmp_path / "model")
+    batch = batches(1)[0]
+    with torch.no_grad():
+        expected = model(**batch).last_hidden_state
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    offloaded = BermoModel.from_pretrained(tmp_path / "model", device_map="auto", max_memory={"cpu": int(0.5 * size)},
+                                           offload_folder=str(tmp_path / "offload")).eval()
+    assert "disk" in set(offloaded.hf_device_map.values())
+    with torch.no_grad():
+        torch.testing.assert_close(offloaded(**batch).last_hidden_state, expected, rtol=1e-5, atol=1e-6)
