@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import COLORS, NAMES, _pyplot, mean_sd, number, table
+from .report import COLORS, NAMES, _pyplot, mean_sd, number, plot_layer_weights, table
 from .runner import write_json_atomic, write_text_atomic
 
 MARKERS = {"dense": "*", "magnitude": "s", "movement": "o", "soft_movement": "^", "l0": "D"}
@@ -379,23 +379,5 @@ def plot_matched_differences(summary, path):
 
 def plot_layer_mixes(mixes, path):
     """Heat map of BERMo's softmax layer weights: one row per run (label: cell and seed), one column per mixed
-    representation (emb = the embeddings), the value in each cell."""
-    plt = _pyplot()
-    width = max(len(m["weights"]) for m in mixes)
-    matrix = np.full((len(mixes), width), np.nan)
-    for row, mix in enumerate(mixes):
-        matrix[row, :len(mix["weights"])] = mix["weights"]
-    layers = mixes[0].get("layers") or list(range(width))
-    longest = max(len(f"{m['label']} (s={m['scale']:.2f})") for m in mixes)
-    figure, axis = plt.subplots(figsize=(2.5 + 0.045 * longest + 0.6 * width, 2.0 + 0.24 * len(mixes)))
-    image = axis.imshow(matrix, aspect="auto", cmap="viridis", vmin=0)
-    axis.set_xticks(range(width), ["emb" if layer == 0 else f"L{layer}" for layer in layers])
-    axis.set_yticks(range(len(mixes)), [f"{m['label']} (s={m['scale']:.2f})" for m in mixes], fontsize=6)
-    if len(mixes) * width <= 400:
-        for (row, column), value in np.ndenumerate(matrix):
-            if np.isfinite(value):
-                axis.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=5,
-                          color="white" if value < np.nanmax(matrix) * 0.6 else "black")
-    axis.set_title("BERMo's layer weights under pruning (softmax; s = scale)", fontsize=9)
-    figure.colorbar(image, ax=axis, label="softmax weight")
-    _save_tight(figure, path)
+    representation (emb = the embeddings): the experiments' own layer-weight plot."""
+    plot_layer_weights(mixes, path, "BERMo's layer weights under pruning (softmax; s = scale)")
