@@ -95,6 +95,9 @@ def test_convergence_runs_resume_and_refuse_another_configuration(tiny_bert, sst
     (out / "runs" / victim / "result.json").unlink()
     (out / "runs.jsonl").write_text("".join(line + "\n" for line in lines.splitlines()
                                             if json.loads(line)["run_id"] != victim))
+    assert main([*argv, "--report_only"]) == 0  # the summary of what finished; nothing runs
+    assert not (out / "runs" / victim / "result.json").exists()
+    assert "3 finished" in (out / "summary.md").read_text()
     assert main(argv) == 0
     now = result_stamps(out)
     assert set(now) == set(stamps) and now[victim] != stamps[victim]
