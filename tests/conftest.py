@@ -58,6 +58,21 @@ def minilm_path():
 
 
 @pytest.fixture(scope="session")
+def tiny_bert(minilm_path, tmp_path_factory):
+    """A tiny random BERT checkpoint (3 layers) with the real MiniLM tokenizer, so that real sentences tokenize."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    BertModel(BertConfig(**{**TINY_BERT, "vocab_size": 30522, "max_position_embeddings": 128})).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm_path / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def minilm_inputs(minilm_path):
     from transformers import AutoTokenizer
 

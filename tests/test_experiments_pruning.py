@@ -5,18 +5,15 @@ bad input)."""
 
 import json
 import math
-import shutil
 
 import numpy as np
 import pytest
-import torch
-from transformers import BertConfig, BertModel
 
 from bermo.experiments import pruning
 from bermo.experiments.cli import main
 from bermo.experiments.runner import ExperimentError
 
-from conftest import REPO_ROOT, TINY_BERT
+from conftest import REPO_ROOT
 
 SAMPLE = REPO_ROOT / "data" / "sst2_sample"
 NAN_ERROR = "loss became non-finite (nan or inf) at step 3; stopped. Last good checkpoint: none saved"
@@ -146,17 +143,6 @@ def test_balanced_subsets_are_balanced_nested_and_refused_when_a_class_is_short(
 
 # --------------------------------------------------------------------------------------------------------------------
 # End to end
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(minilm_path, tmp_path_factory):
-    """A tiny random BERT (3 layers) with the real MiniLM tokenizer."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    BertModel(BertConfig(**{**TINY_BERT, "vocab_size": 30522, "max_position_embeddings": 128})).save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(minilm_path / name, folder / name)
-    return folder
 
 
 @pytest.fixture(scope="module")

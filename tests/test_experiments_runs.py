@@ -2,29 +2,16 @@
 the plan launcher (SLURM-style), the local launcher side by side, Ray Tune, and BERT/BERMo pairing by seed."""
 
 import json
-import shutil
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel
 
 from bermo.experiments import runner
 from bermo.experiments.cli import main
 
-from conftest import REPO_ROOT, TINY_BERT
+from conftest import REPO_ROOT
 
 SAMPLE = REPO_ROOT / "data" / "sst2_sample"
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(minilm_path, tmp_path_factory):
-    """A tiny random BERT (3 layers) with the real MiniLM tokenizer."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    BertModel(BertConfig(**{**TINY_BERT, "vocab_size": 30522, "max_position_embeddings": 128})).save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(minilm_path / name, folder / name)
-    return folder
 
 
 def sample_rows(name, count, start=0):

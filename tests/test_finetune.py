@@ -11,25 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import BertConfig, BertForSequenceClassification, BertModel
+from transformers import BertConfig, BertForSequenceClassification
 
 from bermo.training import DEFAULT_MIX_LEARNING_RATE, build_parser, main, optimizer_groups
 
 from conftest import REPO_ROOT, TINY_BERT, no_bermo_env, run_python
 
 SAMPLE = REPO_ROOT / "data" / "sst2_sample"
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(minilm_path, tmp_path_factory):
-    """A tiny random BERT with the real MiniLM tokenizer (so that real sentences tokenize)."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    config = BertConfig(**{**TINY_BERT, "vocab_size": 30522, "max_position_embeddings": 128})
-    BertModel(config).save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(minilm_path / name, folder / name)
-    return folder
 
 
 def write_rows(path, rows, header=("sentence", "label"), delimiter="\t"):

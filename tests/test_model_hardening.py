@@ -7,7 +7,6 @@ import threading
 import pytest
 import torch
 from transformers import (
-    AutoConfig,
     BertConfig,
     BertForSequenceClassification,
     Trainer,

@@ -14,7 +14,7 @@ from bermo import BermoForSequenceClassification
 from bermo.training import main
 
 from conftest import REPO_ROOT
-from test_finetune import KILL_AFTER_STEP_4, assert_fails, common, run_finetune, sst2_files, tiny_bert  # noqa: F401
+from test_finetune import KILL_AFTER_STEP_4, assert_fails, common, run_finetune, sst2_files  # noqa: F401
 
 SAMPLE = REPO_ROOT / "data" / "sst2_sample"
 

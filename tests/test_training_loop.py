@@ -8,7 +8,7 @@ import pytest
 from bermo import training
 from bermo.training import main
 
-from test_finetune import assert_fails, common, sst2_files, tiny_bert, write_rows  # noqa: F401  (fixtures)
+from test_finetune import assert_fails, common, sst2_files, write_rows  # noqa: F401  (fixtures)
 
 
 def test_eval_predictions_and_metrics_only_run(tiny_bert, sst2_files, tmp_path):
