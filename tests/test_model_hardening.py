@@ -279,7 +279,6 @@ def test_trainer_with_gradient_checkpointing_trains(tmp_path):
     Trainer(model=model, args=args, train_dataset=data).train()
     assert model.is_gradient_checkpointing
     assert not torch.equal(before, model.bert.layer_mix.logits.detach())
-    assert not torch.equal(before, model.bert.layer_mix.logits.detach())
 
 
 def test_config_output_flags_reach_the_heads_outputs():

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ._errors import one_line
+from ._io import write_text_atomic
 from .data import DataError, load_task_data
 
 # The mix gets its own learning rate: with Adam a parameter moves about `lr` per step whatever its gradient, so at a
@@ -379,7 +380,7 @@ def save_checkpoint(accelerator, output_dir, name, features=()):
     if accelerator.is_main_process:
         path.mkdir(parents=True, exist_ok=True)
         current = {type(f).__name__: f.config() for f in features if hasattr(f, "config")}
-        write_atomically(path / FEATURES_FILE, json.dumps(current) + "\n")
+        write_text_atomic(path / FEATURES_FILE, json.dumps(current) + "\n")
     accelerator.save_state(str(path))
     return path
 
@@ -669,14 +670,6 @@ def train(args):
     return final_metrics
 
 
-def write_atomically(path, text):
-    """Write text to path through a temporary file in the same folder, so that readers never see half a file."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def write_predictions(model, loader, task_data, accelerator, path):
     predictions, _ = predict(model, loader, accelerator, task_data.num_labels == 1)
     if accelerator.is_main_process:
@@ -712,7 +705,7 @@ def save_final_outputs(accelerator, model, tokenizer, task_data, args, final_met
     is_bermo = hasattr(model, "layer_mix_weights")
     if is_bermo:
         weights, scale = model.layer_mix_weights()
-        write_atomically(output_dir / "layer_mix.json", json.dumps({
+        write_text_atomic(output_dir / "layer_mix.json", json.dumps({
             "layers": list(model.config.mix_layer_indices), "weights": weights.tolist(), "scale": scale.item()}) + "\n")
         plot_layer_weights(model, output_dir / "layer_weights.png")
     if args.save_model:
@@ -731,7 +724,7 @@ def save_final_outputs(accelerator, model, tokenizer, task_data, args, final_met
                 model=model, task_data=task_data, base_model=args.model_name_or_path, final_metrics=final_metrics,
                 hyperparameters=hyperparameters, has_layer_plot=True, train_size=train_size,
             ).save(output_dir / "README.md")
-    write_atomically(output_dir / "final_metrics.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(output_dir / "final_metrics.json", json.dumps(summary, indent=2) + "\n")
 
 
 def main(argv=None):

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._errors import one_line
+from .._io import write_text_atomic  # noqa: F401  (also imported from here by the experiment modules)
 
 RESULT = "result.json"
 CONFIG = "config.json"
@@ -81,13 +82,6 @@ def run_id(config):
 def write_json_atomic(path, value, indent=2):
     """Write JSON to a temporary file in the same folder, then os.replace: readers see the old or the new file."""
     write_text_atomic(path, json.dumps(value, indent=indent, allow_nan=True) + "\n")
-
-
-def write_text_atomic(path, text):
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 @dataclass
