@@ -25,6 +25,7 @@ TRAINING_GROUPS = ("data", "model", "optimization")
 # ...except those the experiment sets per run or refuses
 OWNED_BY_EXPERIMENT = {"model_type", "seed", "test_file", "trust_remote_code", "help"}
 DEFAULT_TARGETS = (0.95, 0.98, 1.0)
+CURVE_METRICS = ("accuracy", "f1", "matthews_correlation", "pearson")
 CPU_DEFAULTS = dict(max_train_steps=200, per_device_train_batch_size=16, per_device_eval_batch_size=64)
 
 
@@ -136,11 +137,11 @@ def load_data(base_argv):
 def plan(args):
     """The experiment (its runs) and what the analysis needs to know about the data."""
     seeds = check_args(args)
+    if args.metric not in (None, *CURVE_METRICS):  # before the data is read: bad flags cost nothing
+        raise ExperimentError(f"--metric {args.metric}: choose {', '.join(CURVE_METRICS[:-1])} or {CURVE_METRICS[-1]}")
     base_argv = training_argv(args, args.training_actions)
     task_data = load_data(base_argv)
     metric = args.metric or task_data.metric
-    if metric not in ("accuracy", "f1", "matthews_correlation", "pearson"):
-        raise ExperimentError(f"--metric {metric}: choose accuracy, f1, matthews_correlation or pearson")
     if task_data.num_labels == 1 and metric != "pearson":
         raise ExperimentError(f"--metric {metric}: this is a regression task; use pearson")
     train_args = [*base_argv, "--eval_steps", str(args.eval_steps), "--save_eval_predictions", "--no-save_model"]
