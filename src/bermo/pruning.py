@@ -308,12 +308,13 @@ class Pruner:
 
     FLAGS = ("pruning_method", "initial_threshold", "final_threshold", "initial_warmup", "final_warmup",
              "mask_scores_learning_rate", "regularization", "final_lambda", "mask_init", "mask_scale", "global_topk",
-             "freeze_embeddings", "save_masks")
+             "freeze_embeddings", "save_masks", "mask_scores_file")
 
     def __init__(self, pruning_method, max_train_steps, initial_threshold=None, final_threshold=None,
                  initial_warmup=DEFAULT_INITIAL_WARMUP, final_warmup=DEFAULT_FINAL_WARMUP,
                  mask_scores_learning_rate=DEFAULT_MASK_SCORES_LEARNING_RATE, regularization=None, final_lambda=None,
-                 mask_init="constant", mask_scale=None, global_topk=False, freeze_embeddings=False, save_masks=False):
+                 mask_init="constant", mask_scale=None, global_topk=False, freeze_embeddings=False, save_masks=False,
+                 mask_scores_file=None):
         method = pruning_method
         if method not in METHODS:
             raise ValueError(f"--pruning_method {method!r}: unknown; choose one of {', '.join(METHODS)}")
@@ -330,6 +331,7 @@ class Pruner:
         self.mask_scale = float(DEFAULTS["mask_scale"][method] if mask_scale is None else mask_scale)
         self.global_topk, self.freeze_embeddings, self.save_masks = bool(global_topk), bool(freeze_embeddings), \
             bool(save_masks)
+        self.mask_scores_file = None if mask_scores_file is None else Path(mask_scores_file)
         self._validate()
         self.step = 0
         self.threshold, self.lam = self._schedule(0)
@@ -387,6 +389,10 @@ class Pruner:
         group.add_argument("--save_masks", action=boolean, default=False,
                            help="also save the mask scores beside the exported model, to continue pruning later "
                            "(e.g. --save_masks)")
+        group.add_argument("--mask_scores_file",
+                           help="start the mask scores from a --save_masks file (mask_scores.safetensors) instead of "
+                           "--mask_init, to continue pruning a saved model; not for magnitude (e.g. "
+                           "--mask_scores_file out/sst2-movement/mask_scores.safetensors)")
         return group
 
     @classmethod
@@ -440,6 +446,11 @@ class Pruner:
             raise ValueError(f"--mask_scores_learning_rate {self.mask_scores_learning_rate}: must be > 0")
         if self.mask_init not in ("constant", "uniform", "kaiming"):
             raise ValueError(f"--mask_init {self.mask_init!r}: choose constant, uniform or kaiming")
+        if self.mask_scores_file is not None:
+            if method == "magnitude":
+                raise ValueError("--mask_scores_file: magnitude pruning has no mask scores")
+            if not self.mask_scores_file.is_file():
+                raise ValueError(f"--mask_scores_file {self.mask_scores_file}: no such file")
         if not isinstance(self.max_train_steps, int) or self.max_train_steps < 1:
             raise ValueError(f"--max_train_steps {self.max_train_steps}: pruning needs at least one training step")
 
@@ -488,6 +499,8 @@ class Pruner:
         if not replaced:
             raise ValueError(f"--pruning_method {self.method}: {type(core).__name__} has no encoder Linear layers to "
                              "mask (expected BERT's base_model.encoder.layer)")
+        if self.mask_scores_file is not None:
+            self._load_scores(core)
         if self.freeze_embeddings:
             embeddings = getattr(base, "embeddings", None)
             if embeddings is not None:
@@ -495,6 +508,31 @@ class Pruner:
         self._masked = replaced
         self._apply_schedule()
         return model
+
+    @torch.no_grad()
+    def _load_scores(self, model):
+        """Copy --mask_scores_file's scores into the masked layers, matched by their name from `encoder.layer.N.` on
+        (so scores saved from a BERT head start a BERMo run and back); every layer must be there, with its shape."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        def key(name):
+            found = ENCODER_KEY.search(name)
+            return name[found.start() + (found.group(1) == "."):] if found else name
+
+        where = f"--mask_scores_file {self.mask_scores_file}"
+        try:
+            saved = {key(name): tensor for name, tensor in load_file(str(self.mask_scores_file)).items()}
+        except (SafetensorError, OSError, ValueError) as error:
+            raise ValueError(f"{where}: not a safetensors file ({str(error).splitlines()[0]})") from None
+        for name, module in masked_modules(model):
+            tensor = saved.get(key(f"{name}.mask_scores"))
+            if tensor is None:
+                raise ValueError(f"{where}: no scores for {key(name)}")
+            if tensor.shape != module.mask_scores.shape:
+                raise ValueError(f"{where}: {key(name)} has shape {tuple(tensor.shape)}, the model's is "
+                                 f"{tuple(module.mask_scores.shape)}")
+            module.mask_scores.copy_(tensor)
 
     def parameter_groups(self, model):
         """Optimizer parameter groups of the mask scores: own learning rate, no weight decay ([] for magnitude)."""
