@@ -252,3 +252,20 @@ def test_ray_launcher_runs_two_trials_side_by_side(tiny_bert, tmp_path):
     assert len(results) == 2 and all(r["status"] == "ok" for r in results)
     assert max(r["started_at"] for r in results) < min(r["finished_at"] for r in results)  # they overlapped
     assert (out / "ray").is_dir() and (out / "summary.md").is_file()
+
+
+def test_layer_weight_heat_map_keeps_long_row_labels_inside_the_image(tmp_path):
+    """The heat map's row labels (cell, seed, scale) are longer than its narrow axes: the saved PNG grows to hold
+    them instead of cutting them off at the figure's edge (the first pruning plots lost their left half)."""
+    from matplotlib.image import imread
+
+    from bermo.experiments.report import plot_layer_weights
+
+    label = "4000 rows, soft_movement λ=1000, seed 12"
+    mixes = [{"label": label, "layers": list(range(7)), "weights": [1 / 7] * 7, "scale": 1.0} for _ in range(3)]
+    path = tmp_path / "layer_weights.png"
+    plot_layer_weights(mixes, path, "BERMo's layer weights under pruning (softmax; s = scale)")
+    height, width = imread(path).shape[:2]
+    figure_width = (1.2 + 0.55 * 7) * 90  # the figure's own size at the saved dpi
+    assert width > figure_width + 30, (width, figure_width)
+    assert not list(tmp_path.glob(".*.tmp.png"))

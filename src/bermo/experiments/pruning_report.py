@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import COLORS, NAMES, _pyplot, mean_sd, number, plot_layer_weights, table
+from .report import COLORS, NAMES, _pyplot, _save, mean_sd, number, plot_layer_weights, table
 from .runner import write_json_atomic, write_text_atomic
 
 MARKERS = {"dense": "*", "magnitude": "s", "movement": "o", "soft_movement": "^", "l0": "D"}
@@ -249,16 +249,6 @@ def runs_markdown(summary):
 # Plots
 
 
-def _save_tight(figure, path):
-    """Save through a temporary file in the same folder (readers never see half a PNG), cropped to what is drawn:
-    long row labels and legends below the axes stay inside the image."""
-    plt = _pyplot()
-    temporary = Path(path).with_name(f".{Path(path).stem}.tmp.png")
-    figure.savefig(temporary, dpi=90, bbox_inches="tight")
-    plt.close(figure)
-    temporary.replace(path)
-
-
 def plot_accuracy_vs_remaining(summary, path):
     plt = _pyplot()
     efficiency = summary.get("efficiency")
@@ -306,7 +296,7 @@ def plot_accuracy_vs_remaining(summary, path):
     study = ("stability: open markers = collapsed, x = diverged; BERT/BERMo set 4% apart in x" if not efficiency
              else "efficiency: lines = means over seeds")
     figure.suptitle(f"{summary['data']['name']} — {study}", fontsize=10)
-    _save_tight(figure, path)
+    _save(figure, path)
 
 
 def _mean_line(axis, rows, metric, color):
@@ -348,7 +338,7 @@ def plot_collapse_rates(summary, path):
     axis.set_xlabel("collapse rate (divergences included)")
     axis.set_title("Collapse rates per cell (95% Clopper–Pearson)", fontsize=10)
     axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.3 / len(cells)), ncol=2)
-    _save_tight(figure, path)
+    _save(figure, path)
 
 
 def plot_matched_differences(summary, path):
@@ -374,7 +364,7 @@ def plot_matched_differences(summary, path):
         axis.set_ylabel(f"BERMo − BERT dev {metric} (points)")
         axis.legend(fontsize=8)
     figure.suptitle("At matched remaining fraction (band: bootstrap CI over seeds)", fontsize=10)
-    _save_tight(figure, path)
+    _save(figure, path)
 
 
 def plot_layer_mixes(mixes, path):

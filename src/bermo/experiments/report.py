@@ -55,10 +55,12 @@ def _pyplot():
 
 
 def _save(figure, path):
+    """Save through a temporary file in the same folder (readers never see half a PNG), cropped to what is drawn, so
+    long row labels, titles and legends below the axes stay inside the image."""
     plt = _pyplot()
     figure.tight_layout()
     temporary = Path(path).with_name(f".{Path(path).stem}.tmp.png")
-    figure.savefig(temporary, dpi=90)
+    figure.savefig(temporary, dpi=90, bbox_inches="tight")
     plt.close(figure)
     temporary.replace(path)
 
@@ -241,7 +243,7 @@ def plot_layer_weights(mixes, path, title):
     layers = mixes[0].get("layers") or list(range(width))
     figure, axis = plt.subplots(figsize=(1.2 + 0.55 * width, 1.2 + 0.32 * len(mixes)))
     image = axis.imshow(matrix, aspect="auto", cmap="viridis", vmin=0)
-    axis.set_xticks(range(width), ["emb" if layer == 0 else f"L{layer}" for layer in layers])
+    axis.set_xticks(range(width), ["emb" if layer == 0 else f"L{layer}" for layer in layers], fontsize=7)
     axis.set_yticks(range(len(mixes)), [f"{m['label']} (s={m['scale']:.2f})" for m in mixes], fontsize=7)
     axis.set_title(title, fontsize=9)
     figure.colorbar(image, ax=axis, label="softmax weight")
