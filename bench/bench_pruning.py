@@ -125,7 +125,7 @@ def main(argv=None):
     inference, same_layout, zeros = exported_inference(args)
     print("\n".join(f"- {key}: {value}" for key, value in env.items()))
     print()
-    print("| model | dense samples/s | movement samples/s | dense step / pruning step time | goal | met? |")
+    print("| model | dense samples/s | movement samples/s | pruning step time / dense step time | goal | met? |")
     print("|---|---:|---:|---:|---|---|")
     for model in ("bermo", "bert"):
         dense, pruning = medians[f"{model}_dense"], medians[f"{model}_movement"]
