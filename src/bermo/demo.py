@@ -63,6 +63,7 @@ def plot_dev_curves(metrics_files, path, metric="accuracy", split="validation", 
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    from ._io import save_figure_atomic
     from .experiments.report import COLORS
     from .training import MetricsLog
 
@@ -85,11 +86,7 @@ def plot_dev_curves(metrics_files, path, metric="accuracy", split="validation", 
         axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
-    path = Path(path)
-    temporary = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(temporary, dpi=100, bbox_inches="tight")
-    plt.close(figure)
-    os.replace(temporary, path)
+    save_figure_atomic(figure, path, dpi=100, bbox_inches="tight")
     return curves
 
 

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ._errors import one_line
-from ._io import write_text_atomic
+from ._io import save_figure_atomic, write_text_atomic
 from .data import DataError, load_task_data
 
 # The mix gets its own learning rate: with Adam a parameter moves about `lr` per step whatever its gradient, so at a
@@ -337,8 +337,7 @@ def plot_learning_curve(records, path, metric):
                                               metric_axis.get_legend_handles_labels()))
     figure.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)) or 1, frameon=False)
     figure.tight_layout(rect=(0, 0.08, 1, 1))
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure_atomic(figure, path, dpi=100)
 
 
 def plot_layer_weights(model, path):
@@ -356,8 +355,7 @@ def plot_layer_weights(model, path):
     axis.set_title(f"BERMo learned layer mix (scale {scale.item():.3f})")
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure_atomic(figure, path, dpi=100)
 
 
 # --------------------------------------------------------------------------------------------------------------------

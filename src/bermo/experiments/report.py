@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._io import save_figure_atomic
 from .runner import write_json_atomic, write_text_atomic
 
 COLORS = {"bert": "tab:blue", "bermo": "tab:orange"}
@@ -57,12 +58,8 @@ def _pyplot():
 def _save(figure, path):
     """Save through a temporary file in the same folder (readers never see half a PNG), cropped to what is drawn, so
     long row labels, titles and legends below the axes stay inside the image."""
-    plt = _pyplot()
     figure.tight_layout()
-    temporary = Path(path).with_name(f".{Path(path).stem}.tmp.png")
-    figure.savefig(temporary, dpi=90, bbox_inches="tight")
-    plt.close(figure)
-    temporary.replace(path)
+    save_figure_atomic(figure, path, dpi=90, bbox_inches="tight")
 
 
 # --------------------------------------------------------------------------------------------------------------------
