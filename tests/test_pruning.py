@@ -366,30 +366,27 @@ def test_masks_follow_the_scores_under_a_fused_optimizer():
     assert torch.equal(masked.current_mask(), masked.compute_mask())
 
 
-def test_mask_scores_file_continues_from_saved_scores_across_heads(tmp_path, tiny_config_kwargs, tiny_inputs):
+def test_mask_scores_file_continues_from_saved_scores_across_heads(tmp_path, tiny_config_kwargs):
     """--save_masks' file starts a later run's scores (matched from `encoder.layer.N.` on, so a BERT run's scores
     start a BERMo run); a missing layer, a wrong shape, a broken file or magnitude are one-line errors."""
     from safetensors.torch import save_file
 
-    source = make_pruner("--pruning_method movement --final_threshold 0.3").setup(
-        tiny_model(BertForSequenceClassification, tiny_config_kwargs))
+    pruner_source = make_pruner("--pruning_method movement --final_threshold 0.3")
+    source = pruner_source.setup(tiny_model(BertForSequenceClassification, tiny_config_kwargs))
     randomize_scores(source)
-    saved = Pruner.export_masks(None, source)
+    saved = pruner_source.export_masks(source)
     assert all(name.startswith("bert.encoder.layer.") for name in saved)
     save_file(saved, tmp_path / Pruner.MASKS_FILE)
 
     flags = f"--pruning_method movement --final_threshold 0.3 --mask_scores_file {tmp_path / Pruner.MASKS_FILE}"
-    target = make_pruner(flags).setup(tiny_model(BermoForSequenceClassification, tiny_config_kwargs, seed=3))
+    pruner_target = make_pruner(flags)
+    target = pruner_target.setup(tiny_model(BermoForSequenceClassification, tiny_config_kwargs, seed=3))
     loaded = {name.split("encoder.", 1)[1]: module.mask_scores for name, module in masked_modules(target)}
     assert len(loaded) == len(saved) == 2 * len(ENCODER_LINEARS)
     for name, tensor in saved.items():
         torch.testing.assert_close(loaded[name.split("encoder.", 1)[1].removesuffix(".mask_scores")], tensor,
                                    rtol=0, atol=0)
     # the scores drive the mask: at the final threshold the same weights are kept as in the source run
-    pruner_source = make_pruner("--pruning_method movement --final_threshold 0.3")
-    pruner_source._masked = [m for _, m in masked_modules(source)]
-    pruner_target = make_pruner(flags)
-    pruner_target._masked = [m for _, m in masked_modules(target)]
     for pruner in (pruner_source, pruner_target):
         pruner.on_step(10)
     for (_, a), (_, b) in zip(masked_modules(source), masked_modules(target)):
