@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertConfig, BertForSequenceClassification
 
-from bermo.training import DEFAULT_MIX_LEARNING_RATE, build_parser, main, optimizer_groups
+from bermo.training import DEFAULT_MIX_LEARNING_RATE, build_parser, main, optimizer_groups, parse_run
 
 from conftest import REPO_ROOT, TINY_BERT, no_bermo_env, run_python
 
@@ -98,7 +98,7 @@ def test_optimizer_groups_give_the_mix_its_own_rate_and_no_decay():
     from bermo import BermoConfig, BermoForSequenceClassification
 
     model = BermoForSequenceClassification(BermoConfig(**TINY_BERT))
-    args = build_parser().parse_args(["--model_name_or_path", "x", "--output_dir", "y", "--weight_decay", "0.1"])
+    args = parse_run(["--model_name_or_path", "x", "--output_dir", "y", "--weight_decay", "0.1"]).optim
     assert args.mix_learning_rate == DEFAULT_MIX_LEARNING_RATE
     decay, no_decay, mix = optimizer_groups(model, args)
     assert mix["lr"] == DEFAULT_MIX_LEARNING_RATE and mix["weight_decay"] == 0.0
@@ -114,8 +114,10 @@ def test_booleans_are_real_flags():
     base = ["--model_name_or_path", "x", "--output_dir", "y"]
     assert parser.parse_args([*base, "--pad_to_max_length"]).pad_to_max_length is True
     assert parser.parse_args([*base, "--no-pad_to_max_length"]).pad_to_max_length is False
+    # the string "False" is false (argparse's type=bool would make it true), a word that is no boolean is refused
+    assert parser.parse_args([*base, "--pad_to_max_length", "False"]).pad_to_max_length is False
     with pytest.raises(SystemExit):
-        parser.parse_args([*base, "--pad_to_max_length", "False"])
+        parser.parse_args([*base, "--pad_to_max_length", "maybe"])
 
 
 def run_finetune(args, env=None, launcher=None):
@@ -125,15 +127,15 @@ def run_finetune(args, env=None, launcher=None):
 
 KILL_AFTER_STEP_4 = """
 import os, signal, sys
-import bermo.training as training
-original = training.save_checkpoint
-def save_then_die(accelerator, output_dir, name, *rest):
-    path = original(accelerator, output_dir, name, *rest)
-    if name == "step_4":
-        os.kill(os.getpid(), signal.SIGKILL)
-    return path
-training.save_checkpoint = save_then_die
-sys.exit(training.main(sys.argv[1:]))
+from bermo import training
+from bermo.features import TrainingFeature
+
+class KillAfterStep4(TrainingFeature):
+    def on_checkpoint(self, path):
+        if path.name == "step_4":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+training.train(training.parse_run(sys.argv[1:]), callbacks=[KillAfterStep4()])
 """
 
 
@@ -232,3 +234,81 @@ def test_task_name_without_hub_or_glue_dir(tiny_bert, tmp_path):
     result = run_finetune(common(tiny_bert, tmp_path / "out", "--task_name", "rte"), env=env)
     assert result.returncode == 2
     assert "pass --glue_dir" in result.stderr
+
+
+KILL_DURING_THE_SAVE_OF_STEP_4 = """
+import os, signal, sys
+from bermo import training
+from bermo.features import TrainingFeature
+
+class KillDuringSave(TrainingFeature):
+    # accelerate's save_state asks registered objects for their state after writing the model and optimizer:
+    # a kill there is a kill in the middle of a checkpoint's save. (A stateful callback is part of the training
+    # state: the run resumes with it too, as accelerate requires; KILL_AT=0 then.)
+    step = 0
+    def on_step_end(self, step, loss):
+        self.step = step
+    def state_dict(self):
+        if self.step == int(os.environ["KILL_AT"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return {}
+
+training.train(training.parse_run(sys.argv[1:]), callbacks=[KillDuringSave()])
+"""
+
+
+def test_a_kill_during_a_save_leaves_no_checkpoint_and_latest_resumes_the_last_complete_one(
+        tiny_bert, sst2_files, tmp_path):
+    args = ["--task_name", "sst2", "--glue_dir", str(sst2_files / "glue"), "--max_train_steps", "6",
+            "--checkpointing_steps", "2"]
+    assert main(common(tiny_bert, tmp_path / "whole", *args)) == 0
+    out = tmp_path / "resumed"
+    def run_killer(*extra, kill_at):
+        return subprocess.run([sys.executable, "-c", KILL_DURING_THE_SAVE_OF_STEP_4, *common(tiny_bert, out, *args),
+                               *extra], capture_output=True, text=True, env=dict(os.environ, KILL_AT=str(kill_at)))
+
+    killed = run_killer(kill_at=4)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (out / "step_2").is_dir() and not (out / "step_4").exists() and (out / "step_4.partial").is_dir()
+    # naming the half-written folder is refused in one line, and nothing changes
+    before = sorted(p.name for p in out.iterdir())
+    assert_fails(common(tiny_bert, out, *args, "--resume_from_checkpoint", str(out / "step_4.partial")),
+                 "not a complete checkpoint")
+    assert sorted(p.name for p in out.iterdir()) == before
+    # `latest` is the last complete checkpoint: the run ends where an uninterrupted one does
+    resumed = run_killer("--resume_from_checkpoint", "latest", kill_at=0)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed from {out / 'step_2'} at step 2" in resumed.stdout
+    whole, resumed = load_file(tmp_path / "whole" / "model.safetensors"), load_file(out / "model.safetensors")
+    for name in whole:
+        torch.testing.assert_close(resumed[name], whole[name], atol=1e-6, rtol=0, msg=name)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("step_")) == ["step_2", "step_4", "step_6"]
+
+
+def test_a_checkpoint_that_fails_to_load_is_one_line_exit_2(tiny_bert, sst2_files, tmp_path):
+    args = ["--task_name", "sst2", "--glue_dir", str(sst2_files / "glue"), "--max_train_steps", "4",
+            "--checkpointing_steps", "2"]
+    out = tmp_path / "out"
+    assert main(common(tiny_bert, out, *args)) == 0
+    (out / "step_2" / "optimizer.bin").write_bytes(b"damaged")
+    assert_fails(common(tiny_bert, out, *args, "--resume_from_checkpoint", str(out / "step_2")),
+                 f"--resume_from_checkpoint {out / 'step_2'}: cannot load the training state")
+
+
+def test_a_run_is_also_a_json_file_of_the_same_settings(tiny_bert, sst2_files, tmp_path):
+    flags = common(tiny_bert, tmp_path / "flags", "--task_name", "sst2", "--glue_dir", str(sst2_files / "glue"),
+                   "--max_train_steps", "2", "--no-save_model")
+    from bermo.arguments import run_to_dict
+
+    from_flags = parse_run(flags)
+    settings = {key: value for key, value in run_to_dict(from_flags).items() if value is not None}
+    settings["output_dir"] = str(tmp_path / "json")
+    (tmp_path / "run.json").write_text(json.dumps(settings))
+    from_file = parse_run([str(tmp_path / "run.json")])
+    assert run_to_dict(from_file) == {**run_to_dict(from_flags), "output_dir": str(tmp_path / "json")}
+    assert main(flags) == 0 and main([str(tmp_path / "run.json")]) == 0
+    assert ((tmp_path / "json" / "final_metrics.json").read_text()
+            == (tmp_path / "flags" / "final_metrics.json").read_text())
+    (tmp_path / "bad.json").write_text(json.dumps({**settings, "learning_rat": 1e-3}))
+    result = run_finetune([str(tmp_path / "bad.json")])
+    assert result.returncode == 2 and "unknown setting: learning_rat" in result.stderr

@@ -1,6 +1,5 @@
 """Pruning on tiny random BERT/BERMo configs: masks, schedule, gradients, gates, counts, export, bad input."""
 
-import argparse
 import math
 
 import pytest
@@ -17,11 +16,11 @@ from bermo import (
     BermoForTokenClassification,
     BermoModel,
 )
+from bermo.arguments import PruningArguments
 from bermo.pruning import (
     ENCODER_LINEARS,
     MaskedLinear,
-    Pruner,
-    check_resume_config,
+    PruningFeature,
     keep_count,
     l0_gates,
     masked_modules,
@@ -32,13 +31,15 @@ PENALTY_FLAGS = {"soft_movement": "--regularization l1 --final_lambda 10", "l0":
 
 
 def parse(argv):
-    parser = argparse.ArgumentParser()
-    Pruner.add_arguments(parser)
-    return parser.parse_args(argv.split())
+    from transformers import HfArgumentParser
+
+    (arguments,) = HfArgumentParser(PruningArguments).parse_args_into_dataclasses(argv.split(),
+                                                                                 look_for_args_file=False)
+    return arguments
 
 
 def make_pruner(flags, max_train_steps=10):
-    return Pruner.from_args(parse(flags), max_train_steps)
+    return PruningFeature.from_arguments(parse(flags), max_train_steps)
 
 
 def tiny_model(model_class, tiny_config_kwargs, seed=0):
@@ -267,11 +268,10 @@ def test_state_dict_restores_the_schedule_and_refuses_other_flags(tiny_config_kw
         make_pruner("--pruning_method movement --final_threshold 0.3", 20).load_state_dict(state)
     with pytest.raises(ValueError, match="--max_train_steps"):
         make_pruner("--pruning_method movement --final_threshold 0.2", 30).load_state_dict(state)
-    with pytest.raises(ValueError, match="same pruning flags"):
-        check_resume_config(pruner.config(), None)
-    with pytest.raises(ValueError, match="--pruning_method"):
-        check_resume_config(None, pruner)
-    check_resume_config(pruner.config(), resumed)
+    assert "same pruning flags" in PruningFeature.describe_missing(pruner.config())
+    with pytest.raises(ValueError, match="--pruning_method movement: the checkpoint is from a run without pruning"):
+        pruner.check_resume(None)
+    resumed.check_resume(pruner.config())
 
 
 @pytest.mark.parametrize("model_class, method", [
@@ -301,7 +301,7 @@ def test_export_reload_gives_identical_logits_and_counted_zeros_match_the_mask(
     exported.save_pretrained(tmp_path)
     reloaded = model_class.from_pretrained(tmp_path).eval()
     torch.testing.assert_close(logits(reloaded, tiny_inputs), masked_logits, rtol=0, atol=0)
-    counts = Pruner.count_zeros(load_file(tmp_path / "model.safetensors"))
+    counts = PruningFeature.count_zeros(load_file(tmp_path / "model.safetensors"))
     assert counts["zero_weights"] == pruned
     assert counts["encoder_matrix_weights"] == 2 * sum(
         p.numel() for n, p in reloaded.base_model.encoder.layer[0].named_parameters()
@@ -310,14 +310,17 @@ def test_export_reload_gives_identical_logits_and_counted_zeros_match_the_mask(
 
 
 def test_every_flag_is_documented_with_an_example():
-    parser = argparse.ArgumentParser()
-    group = Pruner.add_arguments(parser)
-    flags = {action.dest: action.help for action in group._group_actions}
-    assert set(flags) == set(Pruner.FLAGS)
+    import dataclasses
+
+    from bermo.training import build_parser
+
+    flags = {item.name: item.metadata["help"] for item in dataclasses.fields(PruningArguments)}
     assert all("e.g." in text for text in flags.values())
     assert "fraction" in flags["initial_warmup"]
+    text = build_parser().format_help()
+    assert all(f"--{name}" in text for name in flags)
     with pytest.raises(SystemExit) as exit_info:
-        parser.parse_args(["--pruning_method", "prune_everything"])
+        parse("--pruning_method prune_everything")
     assert exit_info.value.code == 2
 
 
@@ -345,8 +348,8 @@ def test_bad_input_raises_one_line_value_error_naming_the_flag(flags, steps, fla
 
 def test_unknown_method_and_no_pruning():
     with pytest.raises(ValueError, match="--pruning_method 'prune_everything': unknown"):
-        Pruner.from_args(argparse.Namespace(pruning_method="prune_everything"), 10)
-    assert Pruner.from_args(parse(""), 10) is None
+        PruningFeature.from_arguments(PruningArguments(pruning_method="prune_everything"), 10)
+    assert PruningFeature.from_arguments(parse(""), 10) is None
 
 
 def test_masks_follow_the_scores_under_a_fused_optimizer():
@@ -376,9 +379,9 @@ def test_mask_scores_file_continues_from_saved_scores_across_heads(tmp_path, tin
     randomize_scores(source)
     saved = pruner_source.export_masks(source)
     assert all(name.startswith("bert.encoder.layer.") for name in saved)
-    save_file(saved, tmp_path / Pruner.MASKS_FILE)
+    save_file(saved, tmp_path / PruningFeature.MASKS_FILE)
 
-    flags = f"--pruning_method movement --final_threshold 0.3 --mask_scores_file {tmp_path / Pruner.MASKS_FILE}"
+    flags = f"--pruning_method movement --final_threshold 0.3 --mask_scores_file {tmp_path / PruningFeature.MASKS_FILE}"
     pruner_target = make_pruner(flags)
     target = pruner_target.setup(tiny_model(BermoForSequenceClassification, tiny_config_kwargs, seed=3))
     loaded = {name.split("encoder.", 1)[1]: module.mask_scores for name, module in masked_modules(target)}
@@ -404,8 +407,8 @@ def test_mask_scores_file_continues_from_saved_scores_across_heads(tmp_path, tin
                 tiny_model(BermoForSequenceClassification, tiny_config_kwargs))
         assert "--mask_scores_file" in str(error.value) and "\n" not in str(error.value)
     with pytest.raises(ValueError, match="magnitude pruning has no mask scores"):
-        make_pruner(f"--pruning_method magnitude --mask_scores_file {tmp_path / Pruner.MASKS_FILE}")
+        make_pruner(f"--pruning_method magnitude --mask_scores_file {tmp_path / PruningFeature.MASKS_FILE}")
     with pytest.raises(ValueError, match="no such file"):
         make_pruner(f"--pruning_method movement --mask_scores_file {tmp_path / 'missing.safetensors'}")
     with pytest.raises(ValueError, match="--mask_scores_file needs --pruning_method"):
-        make_pruner(f"--mask_scores_file {tmp_path / Pruner.MASKS_FILE}")
+        make_pruner(f"--mask_scores_file {tmp_path / PruningFeature.MASKS_FILE}")

@@ -121,16 +121,22 @@ def test_unknown_method_is_refused(tiny_bert, sst2_files, tmp_path):
 
 RECORD_MASKS = """
 import sys, torch
-import bermo.pruning as pruning
-import bermo.training as training
-original = pruning.Pruner.before_save
-def record_then_export(self, model, output_dir, is_main_process):
-    import torch.distributed as dist
-    masks = {name: module.current_mask().to(torch.uint8) for name, module in pruning.masked_modules(model)}
-    torch.save(masks, f"{output_dir}/masks_rank{dist.get_rank()}.pt")
-    return original(self, model, output_dir, is_main_process)
-pruning.Pruner.before_save = record_then_export
-sys.exit(training.main(sys.argv[1:]))
+import torch.distributed as dist
+from bermo import training
+from bermo.features import TrainingFeature
+from bermo.pruning import masked_modules
+
+class RecordMasks(TrainingFeature):
+    # the masks of the final evaluation (the ones the export multiplies in), on every process
+    def __init__(self, output_dir, total_steps):
+        self.output_dir, self.total_steps = output_dir, total_steps
+    def on_evaluate(self, step, metrics, model):
+        if step == self.total_steps:
+            masks = {name: module.current_mask().to(torch.uint8) for name, module in masked_modules(model)}
+            torch.save(masks, f"{self.output_dir}/masks_rank{dist.get_rank()}.pt")
+
+run = training.parse_run(sys.argv[1:])
+training.train(run, callbacks=[RecordMasks(run.output.output_dir, run.optim.max_train_steps)])
 """
 
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from bermo import training
+from bermo.plots import learning_curve_description, learning_curve_figure
 from bermo.training import main
 
 from test_finetune import assert_fails, common, sst2_files, write_rows  # noqa: F401  (fixtures)
@@ -42,21 +42,20 @@ def test_extra_columns_never_reach_the_model(tiny_bert, sst2_files, tmp_path):
     assert predictions[0] == "index\tprediction" and len(predictions) == 9
 
 
-def test_learning_curve_plots_the_task_metric(tiny_bert, sst2_files, tmp_path, monkeypatch):
+def test_learning_curve_plots_the_task_metric(tiny_bert, sst2_files, tmp_path):
+    from PIL import Image
+
     cola = tmp_path / "glue" / "CoLA"
     cola.mkdir(parents=True)
     for name, source in (("train.tsv", "train.tsv"), ("dev.tsv", "dev.tsv")):
         rows = (sst2_files / "glue" / "SST-2" / source).read_text().splitlines()[1:]
         (cola / name).write_text("".join(f"src\t{r.rsplit(chr(9), 1)[1]}\t\t{r.rsplit(chr(9), 1)[0]}\n"
                                          for r in rows))
-    plotted = []
-    original = training.plot_learning_curve
-    monkeypatch.setattr(training, "plot_learning_curve",
-                        lambda records, path, metric: plotted.append(metric) or original(records, path, metric))
     code = main(common(tiny_bert, tmp_path / "out", "--task_name", "cola", "--glue_dir", str(tmp_path / "glue"),
                        "--max_train_steps", "2", "--no-save_model"))
-    assert code == 0 and plotted == ["matthews_correlation"]
-    assert (tmp_path / "out" / "learning_curve.png").stat().st_size > 0
+    assert code == 0
+    with Image.open(tmp_path / "out" / "learning_curve.png") as image:
+        assert image.info["Description"] == learning_curve_description("matthews_correlation")
 
 
 def test_pushing_a_bert_baseline_is_refused_before_training(tiny_bert, sst2_files, tmp_path):
@@ -72,13 +71,10 @@ def test_pruning_flags_without_a_method_are_refused(tiny_bert, sst2_files, tmp_p
     assert not (tmp_path / "out").exists()
 
 
-def test_learning_curve_series_have_their_own_colours_and_the_legend_is_off_the_axes(tmp_path, monkeypatch):
-    figures = []  # the figure the loop would save, kept for inspection
-    monkeypatch.setattr(training, "save_figure_atomic", lambda figure, path, **kwargs: figures.append(figure))
+def test_learning_curve_series_have_their_own_colours_and_the_legend_is_off_the_axes():
     records = [{"step": s, "split": "train", "loss": 1 / s} for s in (1, 2, 3)]
     records += [{"step": s, "split": "validation", "accuracy": 0.5 + s / 10} for s in (1, 2, 3)]
-    training.plot_learning_curve(records, tmp_path / "curve.png", "accuracy")
-    (figure,) = figures
+    figure = learning_curve_figure(records, "accuracy")
     lines = [line for axis in figure.axes for line in axis.get_lines()]
     assert len(lines) == 2 and lines[0].get_color() != lines[1].get_color()
     legend = figure.legends[0]
