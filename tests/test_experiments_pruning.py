@@ -178,10 +178,10 @@ def test_stability_end_to_end_reports_and_resumes(tiny_bert, sst2_files, tmp_pat
     records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     assert len(records) == 4 and {(r["config"]["model_type"], r["config"]["seed"]) for r in records} == {
         (m, s) for m in ("bert", "bermo") for s in (0, 1)}
-    train_args = records[0]["config"]["train_args"]
-    assert train_args[train_args.index("--train_file") + 1] == str((out / "data" / "train_16.jsonl").resolve())
-    assert train_args[train_args.index("--final_threshold") + 1] == "0.5"
-    assert "--task_name" not in train_args and "--save_eval_predictions" in train_args
+    settings = records[0]["config"]["arguments"]
+    assert settings["train_file"] == str((out / "data" / "train_16.jsonl").resolve())
+    assert settings["final_threshold"] == 0.5 and settings["pruning_method"] == "magnitude"
+    assert settings["task_name"] is None and settings["save_eval_predictions"] is True
 
     summary = json.loads((out / "summary.json").read_text())
     cell = summary["stability"]["cells"][0]
@@ -298,7 +298,7 @@ def test_efficiency_analysis_and_report_on_hand_made_runs(tmp_path):
     data = {"name": "qqp", "train_rows_available": 100, "dev_rows": 20, "eval_split": "validation",
             "text_columns": ["question1", "question2"], "label_names": ["not_duplicate", "duplicate"], "num_labels": 2,
             "dev_label_counts": [10, 10], "majority_accuracy": 0.5, "data_seed": 0, "files": {},
-            "data_args": {"None": []}, "cell_args": {pruning.cell_name(c): pruning.pruning_argv(c) for c in cells}}
+            "data_args": {"None": []}, "cell_args": {pruning.cell_name(c): pruning.cell_flags(c) for c in cells}}
     summary = pruning.analyze(experiment, records, data, confidence=0.95, n_resamples=200, match_fractions=[0.2],
                               command="bermo-experiment pruning --study efficiency")
     efficiency = summary["efficiency"]

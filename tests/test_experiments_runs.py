@@ -49,7 +49,13 @@ def test_convergence_runs_resume_and_refuse_another_configuration(tiny_bert, sst
         ("bermo", 0), ("bermo", 1), ("bert", 0), ("bert", 1)]
     assert all(r["status"] == "ok" for r in records) and len({r["run_id"] for r in records}) == 4
     assert all(r["run_id"] == runner.run_id(r["config"]) for r in records)
-    assert all("--save_eval_predictions" in r["config"]["train_args"] for r in records)
+    assert all(r["config"]["arguments"]["save_eval_predictions"] is True for r in records)
+    # each run's settings are typed values: the same RunArguments come back in the run process
+    from bermo.arguments import run_from_dict
+
+    run = run_from_dict(records[0]["config"]["arguments"])
+    assert (run.model.model_type, run.optim.seed) == (records[0]["config"]["model_type"], records[0]["config"]["seed"])
+    assert "--save_eval_predictions" in json.loads((out / "summary.json").read_text())["train_args"]
     assert all(r["result"]["steps"] == 6 and 0 < r["result"]["step_seconds"] < r["wall_s"] / 6 for r in records)
 
     summary = json.loads((out / "summary.json").read_text())
@@ -153,18 +159,18 @@ def test_bert_and_bermo_get_the_same_head_for_the_same_seed(tiny_bert, sst2_file
     from accelerate.utils import set_seed
 
     from bermo.data import load_task_data
-    from bermo.training import build_parser, load_model
+    from bermo.training import load_model, parse_run
 
     heads = {}
     for seed in (1, 2):
         for model_type in ("bert", "bermo"):
-            args = build_parser().parse_args([
+            run = parse_run([
                 "--model_name_or_path", str(tiny_bert), "--train_file", str(sst2_files / "train.tsv"),
                 "--validation_file", str(sst2_files / "dev.tsv"), "--output_dir", "unused", "--model_type",
                 model_type, "--seed", str(seed)])
-            task_data = load_task_data(args)
-            set_seed(args.seed)
-            model = load_model(args, task_data)
+            task_data = load_task_data(run.data)
+            set_seed(run.optim.seed)
+            model = load_model(run.model, task_data)
             heads[model_type, seed] = (model.classifier.weight.detach().clone(), model.classifier.bias.detach().clone(),
                                        model.bert.pooler.dense.weight.detach().clone())
     for seed in (1, 2):

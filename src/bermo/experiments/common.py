@@ -1,11 +1,17 @@
-"""What the experiment commands share: their common options, seeds, the default checkpoint, the paper's figures."""
+"""What the experiment commands share: their common options, finetune.py's options, runs of the training loop as
+typed values, seeds, the default checkpoint, the data as the loop loads it, the paper's figures."""
 
 import argparse
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 
-from .runner import ExperimentError
+from bermo.arguments import (DataArguments, ModelArguments, OptimizationArguments, OutputArguments, RunArguments,
+                             from_namespace, options_parser, run_to_dict)
+
+from .runner import ExperimentError, Run
 
 MODELS = ("bert", "bermo")  # baseline first; both from one BERT checkpoint (--model_type of the training loop)
 
@@ -123,3 +129,81 @@ def json_safe(value):
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Runs of the training loop
+
+
+TRAINING_OPTIONS = (DataArguments, ModelArguments, OptimizationArguments)  # finetune.py's, taken by the experiments
+LOCAL_PATHS = {DataArguments: ("glue_dir", "train_file", "validation_file", "test_file"),
+               ModelArguments: ("model_name_or_path",)}
+
+
+def training_options(*extra_types):
+    """finetune.py's data, model and optimization options (and those of `extra_types`, e.g. PruningArguments) as a
+    parent parser: `subparsers.add_parser(name, parents=[training_options()])`. One definition of every option."""
+    return options_parser([*TRAINING_OPTIONS, *extra_types], add_help=False)
+
+
+def refuse_owned(args, owned, dataclass_types=TRAINING_OPTIONS):
+    """The options that the experiment sets per run (e.g. --seed, --model_type) must be left at their defaults."""
+    for kind in dataclass_types:
+        defaults = kind()
+        for name in owned:
+            if hasattr(defaults, name) and getattr(args, name, getattr(defaults, name)) != getattr(defaults, name):
+                raise ExperimentError(f"--{name}: the experiment sets it for each run; leave it out")
+
+
+def typed(kind, args, **overrides):
+    """A finetune.py dataclass from an experiment command's namespace, local paths made absolute (runs execute in
+    other folders)."""
+    value = from_namespace(kind, args, **overrides)
+    paths = {name: absolute_if_local(getattr(value, name)) for name in LOCAL_PATHS.get(kind, ())}
+    return dataclasses.replace(value, **paths)
+
+
+def base_run(args, **output):
+    """The settings that every run of an experiment shares, from its command's namespace (no model saved)."""
+    return RunArguments(data=typed(DataArguments, args), model=typed(ModelArguments, args),
+                        optim=typed(OptimizationArguments, args),
+                        output=OutputArguments(save_model=False, **output))
+
+
+def finetune_run(run, label, **extra):
+    """A runner `Run` of one fine-tuning. Its configuration, and so its id (runner.run_id: a hash of the canonical
+    JSON), is {"kind": "finetune", "arguments": the run's settings as `bermo.arguments.run_to_dict` gives them (the
+    `dataclasses.asdict` of its data, model, optimization, output and feature arguments, one flat object) without
+    output_dir, "model_type", "seed" (copies, for the analysis), **extra}."""
+    settings = run_to_dict(run)
+    settings.pop("output_dir")
+    return Run({"kind": "finetune", "model_type": run.model.model_type, "seed": run.optim.seed,
+                "arguments": settings, **extra}, label=label)
+
+
+def load_task_data(data_args):
+    """The data as the loop will load it (bad data is refused here, before any run)."""
+    from bermo.data import DataError, load_task_data as load
+
+    try:
+        return load(data_args)
+    except DataError as error:
+        raise ExperimentError(str(error)) from None
+
+
+def read_curve(experiment, record, split):
+    """(curve {"steps", "predictions"} or None, references or None) of a run: its evaluations of `split`."""
+    if record is None or not record.get("result") or not record["result"].get("eval_predictions"):
+        return None, None
+    path = experiment.output_dir / "runs" / record["run_id"] / record["result"]["eval_predictions"]
+    steps, predictions, references = [], [], None
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)
+        if entry["split"] != split:
+            continue
+        steps.append(entry["step"])
+        predictions.append(entry["predictions"])
+        references = np.asarray(entry["references"])
+    if not steps:
+        return None, None
+    return {"steps": np.asarray(steps, dtype=float), "predictions": np.asarray(predictions)}, references

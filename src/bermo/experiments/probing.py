@@ -23,14 +23,16 @@ import argparse
 import copy
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from bermo.arguments import DataArguments, ModelArguments, OptimizationArguments, OutputArguments, RunArguments
+
 from . import stats
-from .common import (MODELS, PAPER, absolute_if_local, add_common_options, check_common, default_checkpoint, json_safe,
-                     launch)
+from .common import (MODELS, PAPER, absolute_if_local, add_common_options, check_common, default_checkpoint,
+                     finetune_run, json_safe, launch)
 from .runner import Experiment, ExperimentError, Run, claim_output_dir
 
 SPLITS = ("tr", "va", "te")
@@ -267,8 +269,12 @@ def make_probe(input_dim, num_classes, hidden, dropout, num_representations=None
             super().__init__()
             self.classifier = classifier
             if isinstance(mix, str) and mix == "learned":
-                self.mix_logits = nn.Parameter(torch.zeros(num_representations))
-                self.mix_scale = nn.Parameter(torch.ones(1))
+                # BERMo's own mix module, over the R representations h_0..h_{R-1} (zero logits, scale 1)
+                from bermo import BermoConfig
+                from bermo.modeling.modeling_bermo import BermoLayerMix
+
+                self.mix = BermoLayerMix(BermoConfig(num_hidden_layers=num_representations - 1, hidden_size=input_dim,
+                                                     num_attention_heads=1))
             else:
                 self.register_buffer("fixed_weights", torch.as_tensor(mix, dtype=torch.float32))
                 if learn_scale:
@@ -277,10 +283,9 @@ def make_probe(input_dim, num_classes, hidden, dropout, num_representations=None
                     self.register_buffer("fixed_scale", torch.ones(1))
 
         def mix_weights(self):
-            scale = self.mix_scale if hasattr(self, "mix_scale") else self.fixed_scale
-            if hasattr(self, "mix_logits"):
-                return torch.softmax(self.mix_logits.float(), dim=0), scale
-            return self.fixed_weights, scale
+            if hasattr(self, "mix"):
+                return self.mix()
+            return self.fixed_weights, self.mix_scale if hasattr(self, "mix_scale") else self.fixed_scale
 
         def forward(self, features):
             weights, scale = self.mix_weights()
@@ -303,8 +308,8 @@ def train_probe(train, dev, num_classes, hidden, dropout, l2, seed, mix=None, le
     x_dev, y_dev = torch.as_tensor(dev[0]), torch.as_tensor(dev[1])
     model = make_probe(x_train.shape[-1], num_classes, hidden, dropout, x_train.shape[1] if mix is not None else None,
                        mix, learn_scale)
-    mix_parameters = [p for n, p in model.named_parameters() if n.startswith("mix_")]
-    other = [p for n, p in model.named_parameters() if not n.startswith("mix_")]
+    mix_parameters = [p for n, p in model.named_parameters() if n.startswith(("mix.", "mix_"))]
+    other = [p for n, p in model.named_parameters() if not n.startswith(("mix.", "mix_"))]
     groups = [{"params": other, "weight_decay": l2}]
     if mix_parameters:
         groups.append({"params": mix_parameters, "weight_decay": 0.0, "lr": mix_learning_rate})
@@ -512,20 +517,21 @@ def plan(args, progress=True):
                                 label=f"frozen {task.name} seed {seed}"))
         if "finetune" in protocols:
             files = write_task_files(task, output_dir / "data" / task.name)
-            train_args = [
-                "--model_name_or_path", checkpoint, "--train_file", files["tr"], "--validation_file", files["va"],
-                "--test_file", files["te"], "--text_columns", "sentence", "--label_column", "label",
-                "--classification", "--max_length", str(args.max_length),
-                "--max_train_steps", str(args.finetune_steps), "--eval_steps", str(args.finetune_eval_steps),
-                "--learning_rate", str(args.learning_rate),
-                "--per_device_train_batch_size", str(args.per_device_train_batch_size),
-                "--per_device_eval_batch_size", str(args.per_device_eval_batch_size), "--no-save_model",
-            ]
+            base = RunArguments(
+                data=DataArguments(train_file=files["tr"], validation_file=files["va"], test_file=files["te"],
+                                   text_columns=["sentence"], label_column="label", label_type="classification",
+                                   max_length=args.max_length),
+                model=ModelArguments(model_name_or_path=checkpoint),
+                optim=OptimizationArguments(max_train_steps=args.finetune_steps, learning_rate=args.learning_rate,
+                                            per_device_train_batch_size=args.per_device_train_batch_size,
+                                            per_device_eval_batch_size=args.per_device_eval_batch_size),
+                output=OutputArguments(eval_steps=args.finetune_eval_steps, save_model=False))
             for seed in seeds:
                 for model in MODELS:
-                    runs.append(Run({"kind": "finetune", "task": task.name, "model_type": model, "seed": seed,
-                                     "train_args": train_args, "data": task_fingerprint(task)},
-                                    label=f"finetune {task.name} {model} seed {seed}"))
+                    runs.append(finetune_run(replace(base, model=replace(base.model, model_type=model),
+                                                     optim=replace(base.optim, seed=seed)),
+                                             f"finetune {task.name} {model} seed {seed}", task=task.name,
+                                             data=task_fingerprint(task)))
     return Experiment(output_dir, "probing", config, runs), task_info
 
 
@@ -648,8 +654,7 @@ def _seed_scores(experiment, records, protocol, task, seed):
 def finetune_test_correct(experiment, record):
     """Per-example correctness of a finetune run's test predictions (predictions.tsv vs the test file's labels)."""
     folder = experiment.output_dir / "runs" / record["run_id"]
-    argv = record["config"]["train_args"]
-    test_file = Path(argv[argv.index("--test_file") + 1])
+    test_file = Path(record["config"]["arguments"]["test_file"])
     references = [json.loads(line)["label"] for line in test_file.read_text().splitlines()]
     lines = (folder / record["result"]["test_predictions"]).read_text().splitlines()[1:]
     predictions = [line.split("\t", 1)[1] for line in lines]

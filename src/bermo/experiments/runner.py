@@ -1,9 +1,13 @@
 """Runs of an experiment: each an independent, idempotent unit with a deterministic id, executed by an engine.
 
-An experiment is a list of runs, each a JSON configuration ("kind" plus its arguments). A run's id is a hash of
-its configuration; its folder OUTPUT_DIR/runs/ID holds `config.json`, whatever the run writes, and finally
-`result.json` (written atomically: status "ok" or "failed" with the reason, the run's numbers, timings). The
-driver keeps OUTPUT_DIR/runs.jsonl: one line per finished run, with its configuration. OUTPUT_DIR/experiment.json
+An experiment is a list of runs, each a JSON configuration ("kind" plus its arguments). A fine-tuning run's
+arguments are its typed settings (`bermo.arguments.RunArguments`, built by the experiment with `dataclasses.replace`)
+as `run_to_dict` gives them: the `dataclasses.asdict` of each settings dataclass, one flat object, every value
+explicit (see `common.finetune_run`); the run process turns them back into the same typed values
+(`run_from_dict`) for the loop. A run's id is a hash of its configuration (16 hex digits of the SHA-256 of its
+canonical JSON: sorted keys, no spaces): the same settings give the same id, any changed setting another one.
+Its folder OUTPUT_DIR/runs/ID holds `config.json`, whatever the run writes, and finally `result.json` (written
+atomically: status "ok" or "failed" with the reason, the run's numbers, timings). The driver keeps OUTPUT_DIR/runs.jsonl: one line per finished run, with its configuration. OUTPUT_DIR/experiment.json
 records the experiment's configuration; the same command run again skips what finished and runs the rest, and a
 different configuration in the same folder is refused.
 
@@ -48,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._errors import one_line
+from ..features import TrainingFeature
 from .._io import write_text_atomic  # noqa: F401  (also imported from here by the experiment modules)
 
 RESULT = "result.json"
@@ -423,31 +428,38 @@ def execute_run_dir(run_dir):
     return record
 
 
+class StepTimer(TrainingFeature):
+    """A callback of the training loop: a time stamp after every optimizer step."""
+
+    def __init__(self):
+        self.stamps = []
+
+    def on_step_end(self, step, loss):
+        self.stamps.append(time.perf_counter())
+
+
 def run_finetune(config, run_dir):
     """A fine-tuning run through bermo.training's loop; the learning curve and where its predictions are.
 
-    config: {"kind": "finetune", "model_type", "seed", "train_args": [finetune.py arguments without
-    --output_dir/--seed/--model_type], ...}. A training error (NaN loss, bad input) fails the run; its partial
-    learning curve is kept with the failure.
+    config: {"kind": "finetune", "arguments": the run's settings (bermo.arguments.run_to_dict, without output_dir),
+    ...} (see common.finetune_run). A training error (NaN loss, bad input) fails the run; its partial learning curve
+    is kept with the failure. The median gap between the step time stamps is the time of a training step,
+    evaluations and loading left out.
     """
-    from bermo.training import TrainingError, build_parser, train
+    from bermo.arguments import run_from_dict
+    from bermo.features import registered_features
+    from bermo.training import TrainingError, train
 
     output = Path(run_dir) / "train"
-    argv = [*config["train_args"], "--model_type", config["model_type"], "--seed", str(config["seed"]),
-            "--output_dir", str(output), "--overwrite_output_dir"]
     try:
-        args = build_parser().parse_args(argv)
-    except SystemExit:
-        raise RunFailed(f"the training loop refused the arguments {argv}") from None
-    # one timestamp per optimizer step (torch's global optimizer hook; the loop is not touched): the median gap
-    # is the time of a training step, evaluations and loading left out
-    from torch.optim.optimizer import register_optimizer_step_post_hook
-
-    stamps = []
-    hook = register_optimizer_step_post_hook(lambda optimizer, args, kwargs: stamps.append(time.perf_counter()))
+        run = run_from_dict({**config["arguments"], "output_dir": str(output), "overwrite_output_dir": True},
+                            registered_features())
+    except (TypeError, ValueError) as error:
+        raise RunFailed(f"the training loop refused the settings: {one_line(error)}") from None
+    timer = StepTimer()
     started = time.perf_counter()
     try:
-        final_metrics = train(args)
+        final_metrics = train(run, callbacks=[timer])
         error = None
     except TrainingError as training_error:
         final_metrics, error = None, str(training_error)
@@ -457,12 +469,10 @@ def run_finetune(config, run_dir):
         if "out of memory" not in str(runtime_error).lower():
             raise
         final_metrics, error = None, f"out of memory: {one_line(runtime_error)}"
-    finally:
-        hook.remove()
     seconds = time.perf_counter() - started
-    gaps = [after - before for before, after in zip(stamps, stamps[1:])]
+    gaps = [after - before for before, after in zip(timer.stamps, timer.stamps[1:])]
     result = finetune_outputs(output)
-    result.update(final_metrics=final_metrics, train_seconds=seconds, steps=len(stamps),
+    result.update(final_metrics=final_metrics, train_seconds=seconds, steps=len(timer.stamps),
                   step_seconds=statistics.median(gaps) if gaps else None)
     if error is not None:
         failure = RunFailed(error)
