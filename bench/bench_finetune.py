@@ -9,12 +9,11 @@ every batch of the same shape (--batch_size x --max_length, padded to the maximu
                         (the same parameter groups and learning rates), a linear schedule, model.train(), then
                         forward / backward / optimizer.step / scheduler.step / zero_grad and nothing else
 
-Each run is a fresh Python process (`python bench/bench_finetune.py --worker ...`). The finetune.py runs execute the
-repository's finetune.py file itself (runpy, as `python finetune.py ...` would), with two observing hooks installed
-first: the progress bar class of bermo.training is replaced by a subclass of the same tqdm class whose `update`
-also records `time.perf_counter()` (finetune.py calls it once per optimizer step), and `load_model` is wrapped to
-record the model class it returned. The loop itself, its progress bar, its logging, evaluation and saving are
-unchanged. The plain loop records the same time stamp after each step.
+Each run is a fresh Python process (`python bench/bench_finetune.py --worker ...`). The finetune.py runs call the
+loop that finetune.py runs (`bermo.training.train` on the arguments finetune.py parses) with one callback of the
+loop's public interface (`bermo.features.TrainingFeature`): its `setup` records the model class, its `on_step_end`
+records `time.perf_counter()` after each optimizer step. The loop itself, its progress bar, its logging, evaluation
+and saving are unchanged. The plain loop records the same time stamp after each step.
 
 Throughput counts only training steps: the steps after the first --warmup_steps, from the stamp of step
 --warmup_steps to the stamp of the last step. Start-up, tokenization, the warm-up steps, the final evaluation and
@@ -41,7 +40,6 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-FINETUNE_PY = REPO_ROOT / "finetune.py"
 SEED = 42
 LEARNING_RATE = 5e-5  # finetune.py's default
 
@@ -102,42 +100,31 @@ def _finetune_argv(spec, output_dir):
 
 
 def run_finetune(spec):
-    """finetune.py itself, as `python finetune.py ARGS` runs it, with the step clock hooked onto its progress bar."""
-    import runpy
-
+    """finetune.py's loop (`bermo.training.train` on the arguments `python finetune.py ARGS` parses), with the step
+    clock as a callback of the loop."""
     import torch
 
-    import bermo.training as training
+    from bermo.features import TrainingFeature
+    from bermo.training import TrainingError, parse_run, train
 
     clock = StepClock(spec["warmup_steps"], spec["max_train_steps"])
     seen = {}
 
-    class ClockedProgress(training.tqdm):
-        def update(self, n=1):
+    class Observer(TrainingFeature):
+        def setup(self, model):
+            seen["model_class"] = type(model).__name__
+            seen["attn_implementation"] = model.config._attn_implementation
+            return model
+
+        def on_step_end(self, step, loss):
             clock.step_done()
-            if "threads" not in seen:
-                seen["threads"] = torch.get_num_threads()
-            return super().update(n)
+            seen.setdefault("threads", torch.get_num_threads())
 
-    original_load_model = training.load_model
-
-    def observed_load_model(*args, **kwargs):
-        model = original_load_model(*args, **kwargs)
-        seen["model_class"] = type(model).__name__
-        seen["attn_implementation"] = model.config._attn_implementation
-        return model
-
-    training.tqdm = ClockedProgress
-    training.load_model = observed_load_model
     with tempfile.TemporaryDirectory() as output_dir:
-        sys.argv = [str(FINETUNE_PY), *_finetune_argv(spec, output_dir)]
         try:
-            runpy.run_path(str(FINETUNE_PY), run_name="__main__")
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-        if code != 0:
-            raise RuntimeError(f"finetune.py exited with {code}")
+            train(parse_run(_finetune_argv(spec, output_dir)), callbacks=[Observer()])
+        except TrainingError as error:
+            raise RuntimeError(f"finetune.py failed: {error}") from None
     return {"stamps": clock.stamps, **seen}
 
 

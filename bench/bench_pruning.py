@@ -87,20 +87,20 @@ def exported_inference(args):
     from transformers import AutoTokenizer
 
     from bermo import BermoForSequenceClassification
-    from bermo.pruning import Pruner
+    from bermo.pruning import PruningArguments, PruningFeature
 
     torch.manual_seed(0)
     dense = BermoForSequenceClassification.from_pretrained(args.model_name_or_path, num_labels=2).eval()
     pruned = BermoForSequenceClassification.from_pretrained(args.model_name_or_path, num_labels=2)
-    pruner = Pruner("magnitude", max_train_steps=1, initial_threshold=0.1, final_threshold=0.1,
-                    initial_warmup=0.0, final_warmup=0.0)
+    pruner = PruningFeature(PruningArguments(pruning_method="magnitude", initial_threshold=0.1, final_threshold=0.1,
+                                             initial_warmup=0.0, final_warmup=0.0), max_train_steps=1)
     pruned = pruner.setup(pruned)
     pruner.on_step(1)
     pruned = pruner.export(pruned).eval()
     dense_state, pruned_state = dense.state_dict(), pruned.state_dict()
     same_layout = {k: tuple(v.shape) for k, v in dense_state.items()} == {k: tuple(v.shape)
                                                                           for k, v in pruned_state.items()}
-    zeros = Pruner.count_zeros(pruned_state)
+    zeros = PruningFeature.count_zeros(pruned_state)
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
     sentences = ["a gripping, beautifully acted film that stays with you"] * args.infer_batch
     batch = tokenizer(sentences, padding="max_length", max_length=args.max_length, return_tensors="pt")
