@@ -207,7 +207,8 @@ class BermoPreTrainedModel(BertPreTrainedModel):
 class BermoModel(BermoPreTrainedModel, BertModel):
     """BERT's encoder with the layer mix: `last_hidden_state` is the mix m, `pooler_output` is BERT's pooler on m.
 
-    `hidden_states` (when asked) are the backbone's own h_0..h_L, unmixed.
+    `hidden_states` (when asked) are the backbone's own h_0..h_k, unmixed, up to the highest mixed layer k (the layers
+    above it are not built); `output_hidden_states=[i, ...]` (transformers 5) selects among them, negative i from h_k.
     """
 
     _auto_class = "AutoModel"
@@ -336,11 +337,29 @@ class BermoModel(BermoPreTrainedModel, BertModel):
         flags = dict(output_attentions=output_attentions, output_hidden_states=output_hidden_states)
         flags = {name: value for name, value in flags.items() if value is not None}
         if capture_outputs is not None:  # transformers 5: its own thread-safe capture of hidden states, attentions
+            selection = flags.get("output_hidden_states", self.config.output_hidden_states)
+            if selection is not None and not isinstance(selection, bool):
+                flags["output_hidden_states"] = self._built_hidden_state_indices(selection)
             if return_dict is not None:
                 flags["return_dict"] = return_dict
             return self._captured_forward(**inputs, **flags, **kwargs)
         output = self._mixed_forward(**inputs, **flags, **kwargs)
         return _return(output, return_dict, self.config)
+
+    def _built_hidden_state_indices(self, selection):
+        """`output_hidden_states=[...]` (transformers 5) with its negative indices counted from the last layer built.
+
+        transformers counts them from `config.num_hidden_layers`, whose top layers are not built when the mix stops
+        below them: `[-1]` would select a state that never comes and return only `None`s. Here `hidden_states[i]` is
+        what the same index picks from `output_hidden_states=True`'s states; an index past them selects nothing.
+        """
+        count = len(self.encoder.layer) + 1  # h_0..h_k, the states that are computed
+        resolved = []
+        for index in [selection] if isinstance(selection, int) else selection:
+            if index < 0:  # from the end; before h_0 it selects nothing, as `count` (past the last state) does
+                index = index + count if index >= -count else count
+            resolved.append(index)
+        return resolved
 
     if capture_outputs is not None:
         _captured_forward = capture_outputs(tie_last_hidden_states=False)(_mixed_forward)

@@ -63,6 +63,30 @@ def test_hidden_states_are_only_returned_when_asked(tiny_config_kwargs, tiny_inp
     torch.testing.assert_close(first_only.pooler_output, output.pooler_output)
 
 
+@pytest.mark.parametrize("mix_layers", [None, [0, 1]], ids=["all_layers", "top_layers_not_built"])
+def test_hidden_state_indices_select_from_the_states_output_hidden_states_true_returns(
+    tiny_config_kwargs, tiny_inputs, mix_layers
+):
+    # transformers 5 selects hidden states by index; with the top layers not built, -1 must still be the last state
+    torch.manual_seed(0)
+    config = BermoConfig(**tiny_config_kwargs, mix_layers=mix_layers, num_labels=2)
+    model = BermoForSequenceClassification(config).eval()
+    with torch.no_grad():
+        every = model(**tiny_inputs, output_hidden_states=True).hidden_states
+        count = len(every)
+        assert count == max(config.mix_layer_indices) + 1
+        cases = [([-1], {count - 1}), (-1, {count - 1}), ([0, -2], {0, count - 2}), ([count - 1], {count - 1}),
+                 ([-count - 1], set()), ([count], set())]
+        for selection, picked in cases:
+            selected = model(**tiny_inputs, output_hidden_states=selection).hidden_states
+            assert len(selected) == count, selection
+            for index, state in enumerate(selected):
+                if index in picked:
+                    torch.testing.assert_close(state, every[index], atol=0, rtol=0, msg=f"{selection}: {index}")
+                else:
+                    assert state is None, (selection, index)
+
+
 def test_backbone_equals_bert_and_every_mix_parameter_gets_a_gradient(tiny_config_kwargs, tiny_inputs, tmp_path):
     torch.manual_seed(0)
     bert = BertModel(BertConfig(**tiny_config_kwargs)).eval()
