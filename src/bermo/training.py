@@ -17,6 +17,7 @@ from `accelerate config` / `accelerate launch`. Arguments follow transformers' `
 Features (pruning, ...; `bermo.features`) and callbacks hook in at fixed points; the loop names none of them.
 """
 
+import copy
 import json
 import math
 import os
@@ -267,6 +268,7 @@ class Loop:
     progress: Any = None
     last_checkpoint: Optional[Path] = None
     first_bad_step: Any = None
+    plain_copy: Any = None  # under FSDP, on the main process: the unsharded model that the final save is made from
 
     def call(self, hook, *args):
         """Call a hook on every feature and callback, in order; their results as a list."""
@@ -307,6 +309,10 @@ def prepare(loop):
             shutil.rmtree(loop.output_dir)
         loop.output_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
+    if accelerator.distributed_type.value == "FSDP" and accelerator.is_main_process:
+        # FSDP shards the parameters in place (FSDP2 also changes the class): the final model is saved and read from
+        # this plain copy, given the gathered weights after training
+        loop.plain_copy = copy.deepcopy(plan.model)
     optimizer = torch.optim.AdamW(optimizer_groups(plan.model, optim, plan.features), lr=optim.learning_rate)
     loop.model, loop.optimizer, loop.train_loader, *prepared = accelerator.prepare(
         plan.model, optimizer, plan.train_loader, *plan.eval_loaders.values())
@@ -536,6 +542,11 @@ def finish(loop, final_metrics):
                           output_dir / "predictions.tsv")
     accelerator.wait_for_everyone()
     final_model = accelerator.unwrap_model(loop.model)
+    if accelerator.distributed_type.value == "FSDP":
+        state_dict = accelerator.get_state_dict(loop.model)  # every process takes part; the full weights on the main one
+        if loop.plain_copy is not None:
+            loop.plain_copy.load_state_dict(state_dict)
+            final_model = loop.plain_copy
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
     for extension in loop.hooks:
