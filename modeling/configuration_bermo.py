@@ -1,9 +1,10 @@
 """BERMo model configuration: a BERT configuration plus the fields of the layer mix.
 
-This file travels with every BERMo checkpoint (`trust_remote_code=True`): it imports only `transformers`
-and defines classes, nothing else.
+This file travels with every BERMo checkpoint (`trust_remote_code=True`): it imports only `torch` and
+`transformers` and defines classes and functions, nothing else.
 """
 
+import torch
 from transformers import PretrainedConfig
 
 # Version of the BERMo code that wrote a checkpoint; recorded in its config.json.
@@ -13,6 +14,21 @@ BERMO_VERSION = "0.1.0"
 # each of them, so the last layer's weight is exactly 1.0 in float32 and the mix equals the last layer to float
 # precision, while the others still receive a (tiny) gradient.
 LAST_INIT_OTHER_LOGIT = -20.0
+
+
+def parse_last_weight(mix_init):
+    """The weight P of a `"last:P"` mix_init (0 < P < 1); ValueError (one line) for anything else."""
+    kind, _, value = mix_init.partition(":")
+    try:
+        weight = float(value) if kind == "last" and value else None
+    except ValueError:
+        weight = None
+    if weight is None:
+        raise ValueError(f"mix_init must be 'uniform', 'last', 'last:P' with 0 < P < 1 (e.g. 'last:0.9') or a list "
+                         f"of logits, got {mix_init!r}")
+    if not 0 < weight < 1:
+        raise ValueError(f"mix_init {mix_init!r}: the last representation's weight P must be in (0, 1)")
+    return weight
 
 
 class BermoConfig(PretrainedConfig):
@@ -33,6 +49,8 @@ class BermoConfig(PretrainedConfig):
         mix_init (`str` or `list[float]`, *optional*, defaults to `"uniform"`):
             `"uniform"`: zero logits, every mixed representation weighs the same (as ELMo and AllenNLP's ScalarMix).
             `"last"`: all the weight on the last layer, so the model's outputs equal BERT's to float precision.
+            `"last:P"` (0 < P < 1, e.g. `"last:0.9"`): softmax weight P on the last mixed representation, the rest
+            spread evenly over the others (logits 0 for the others and log(P (n - 1) / (1 - P)) for the last).
             A list of floats: the initial logits, one per mixed representation.
         mix_trainable (`bool`, *optional*, defaults to `True`):
             Whether the mix logits and the scale are learned.
@@ -114,6 +132,12 @@ class BermoConfig(PretrainedConfig):
             return [0.0] * count
         if self.mix_init == "last":
             return [LAST_INIT_OTHER_LOGIT] * (count - 1) + [0.0]
+        if isinstance(self.mix_init, str):  # "last:P", checked by _validate_mix
+            weight = parse_last_weight(self.mix_init)
+            if count == 1:
+                return [0.0]
+            ratio = torch.tensor(weight * (count - 1) / (1 - weight), dtype=torch.float64)
+            return [0.0] * (count - 1) + [torch.log(ratio).item()]
         return [float(value) for value in self.mix_init]
 
     def _validate_mix(self):
@@ -137,7 +161,7 @@ class BermoConfig(PretrainedConfig):
         mixed = len(self.mix_layer_indices)
         if isinstance(self.mix_init, str):
             if self.mix_init not in ("uniform", "last"):
-                raise ValueError(f"mix_init must be 'uniform', 'last' or a list of logits, got {self.mix_init!r}")
+                parse_last_weight(self.mix_init)
         else:
             if len(self.mix_init) != mixed:
                 raise ValueError(

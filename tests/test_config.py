@@ -35,6 +35,27 @@ def test_round_trip_through_json(tmp_path):
     assert loaded.num_labels == 3
 
 
+@pytest.mark.parametrize("count, weight", [(13, 0.9), (13, 0.5), (7, 0.95), (3, 0.2), (2, 0.8)])
+def test_last_biased_init_puts_exactly_p_on_the_last_and_spreads_the_rest(count, weight):
+    import torch
+
+    config = BermoConfig(num_hidden_layers=count - 1, mix_init=f"last:{weight}")
+    softmax = torch.softmax(torch.tensor(config.initial_mix_logits(), dtype=torch.float64), dim=0)
+    assert softmax[-1].item() == pytest.approx(weight, abs=1e-12)
+    assert torch.allclose(softmax[:-1], torch.full((count - 1,), (1 - weight) / (count - 1), dtype=torch.float64))
+    assert BermoConfig.from_dict(config.to_dict()).mix_init == f"last:{weight}"
+    # a single mixed representation holds all the weight whatever P
+    assert BermoConfig(num_hidden_layers=2, mix_layers=[-1], mix_init="last:0.3").initial_mix_logits() == [0.0]
+
+
+@pytest.mark.parametrize("value", ["last:0", "last:1", "last:1.5", "last:-0.2", "last:", "last:x", "first:0.5",
+                                   "last:nan"])
+def test_bad_last_biased_init_is_one_line_naming_mix_init(value):
+    with pytest.raises(ValueError, match="mix_init") as error:
+        BermoConfig(num_hidden_layers=4, mix_init=value)
+    assert "\n" not in str(error.value)
+
+
 @pytest.mark.parametrize(
     "kwargs, field",
     [

@@ -441,3 +441,15 @@ def test_failed_second_rename_puts_the_previous_output_back(tmp_path, monkeypatc
         convert(tmp_path / "source", tmp_path / "out", overwrite=True, show_progress=False, log=quiet)
     assert folder_bytes(tmp_path / "out") == before
     assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".out.")]
+
+
+def test_last_biased_mix_init_from_the_command_line(tmp_path):
+    save_bert(tmp_path / "source")
+    result = run_cli([str(tmp_path / "source"), str(tmp_path / "out"), "--mix-init", "last:0.9"])
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["mix_init"] == "last:0.9"
+    assert "initial mix `last:0.9`" in (tmp_path / "out" / "README.md").read_text()
+    logits = load_file(tmp_path / "out" / "model.safetensors")["layer_mix.logits"]
+    assert torch.softmax(logits.double(), 0)[-1].item() == pytest.approx(0.9, abs=1e-6)
+    assert_refused(tmp_path / "bad", [str(tmp_path / "source"), str(tmp_path / "bad" / "out"), "--mix-init",
+                                      "last:1.5"], "--mix-init")

@@ -82,3 +82,19 @@ def test_learning_curve_series_have_their_own_colours_and_the_legend_is_off_the_
     legend_box = legend.get_window_extent()
     for axis in figure.axes:
         assert not legend_box.overlaps(axis.get_window_extent())
+
+
+def test_last_biased_mix_init_starts_the_converted_model_there_and_the_card_records_it(tiny_bert, sst2_files,
+                                                                                      tmp_path):
+    out = tmp_path / "out"
+    code = main(common(tiny_bert, out, "--task_name", "sst2", "--glue_dir", str(sst2_files / "glue"),
+                       "--max_train_steps", "1", "--mix_init", "last:0.8", "--mix_learning_rate", "0"))
+    assert code == 0
+    mix = json.loads((out / "layer_mix.json").read_text())  # a zero learning rate: the mix as it started
+    assert mix["weights"][-1] == pytest.approx(0.8, abs=1e-6)
+    assert mix["weights"][:-1] == pytest.approx([0.2 / 3] * 3, abs=1e-6)
+    assert json.loads((out / "config.json").read_text())["mix_init"] == "last:0.8"
+    assert "| mix_init | last:0.8 |" in (out / "README.md").read_text()
+    assert_fails(common(tiny_bert, tmp_path / "bad", "--task_name", "sst2", "--glue_dir", str(sst2_files / "glue"),
+                        "--mix_init", "last:1.5"), "--mix_init 'last:1.5': the last representation's weight P")
+    assert not (tmp_path / "bad").exists()

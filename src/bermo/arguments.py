@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Literal, Optional
 
 MODEL_TYPES = ("bermo", "bert")
-MIX_INITS = ("uniform", "last")
 LABEL_TYPES = ("regression", "classification")
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 PRUNING_METHODS = ("magnitude", "movement", "soft_movement", "l0")
@@ -69,8 +68,10 @@ class ModelArguments:
     model_type: Literal[MODEL_TYPES] = _help(
         "bermo (default; a BERT checkpoint is converted on the fly) or bert, for comparisons from the same weights",
         default="bermo")
-    mix_init: Literal[MIX_INITS] = _help("initial layer mix when converting a BERT checkpoint on the fly",
-                                         default="uniform")
+    mix_init: str = _help(
+        "initial layer mix when converting a BERT checkpoint on the fly: uniform (the paper's), last (all weight on "
+        "the last layer: BERT's outputs), or last:P (weight P on the last layer, the rest spread evenly, e.g. "
+        "last:0.9)", default="uniform")
     trust_remote_code: bool = _help(
         "allow the checkpoint's own modeling code (needed for BERMo checkpoints without bermo)", default=False)
 

@@ -1,6 +1,6 @@
 """Upgrade a vanilla BERT checkpoint to a BERMo checkpoint.
 
-    bermo-convert SOURCE OUTPUT_DIR [--task ...] [--num-labels N] [--mix-init uniform|last] ...
+    bermo-convert SOURCE OUTPUT_DIR [--task ...] [--num-labels N] [--mix-init uniform|last|last:P] ...
 
 The source is a local folder or a Hub model id (resolved like `from_pretrained`: cache, revision, HF_HUB_OFFLINE,
 token) holding `model.safetensors`, a sharded safetensors index or `pytorch_model.bin`. The weights are mapped by a
@@ -369,6 +369,18 @@ def write_weights(folder, entries, max_shard_size, show_progress=True):
         (folder / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
+def mix_init_argument(value):
+    """--mix-init's type: uniform, last or last:P (argparse reports the one-line error, exit 2)."""
+    from .modeling.configuration_bermo import parse_last_weight
+
+    if value not in ("uniform", "last"):
+        try:
+            parse_last_weight(value)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return value
+
+
 def bermo_config_for(source_config, task, num_labels, mix_init, mix_layers):
     """The BERMo config of the output: the source's BERT fields and labels, the mix, the head's label count."""
     fields = {
@@ -694,9 +706,10 @@ def build_parser():
     )
     parser.add_argument("--num-labels", type=int, help="labels of a new classification head (default: the source's, else 2)")
     parser.add_argument(
-        "--mix-init", choices=["uniform", "last"], default="uniform",
-        help="initial layer mix: 'uniform' (zero logits, default) or 'last' (all weight on the last layer: the output "
-        "equals BERT's, and verification also compares the head's outputs)",
+        "--mix-init", type=mix_init_argument, default="uniform",
+        help="initial layer mix: 'uniform' (zero logits, default), 'last' (all weight on the last layer: the output "
+        "equals BERT's, and verification also compares the head's outputs) or 'last:P' (weight P in (0, 1) on the "
+        "last layer, the rest spread evenly; e.g. last:0.9)",
     )
     parser.add_argument(
         "--mix-layers", type=int, nargs="+", metavar="INDEX",

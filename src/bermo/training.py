@@ -97,6 +97,13 @@ def check_settings(run):
         raise TrainingError("pass --output_dir")
     if data.task_name is None and data.train_file is None:
         raise TrainingError("pass --task_name (with --glue_dir offline) or --train_file and --validation_file")
+    if run.model.mix_init not in ("uniform", "last"):
+        from .modeling.configuration_bermo import parse_last_weight
+
+        try:
+            parse_last_weight(run.model.mix_init)
+        except ValueError as error:
+            raise TrainingError(f"--{error}") from None
     if output.checkpointing_steps not in (None, "epoch") and not str(output.checkpointing_steps).isdigit():
         raise TrainingError(f"--checkpointing_steps {output.checkpointing_steps!r}: a number of steps or 'epoch'")
     for part, name in ((optim, "per_device_train_batch_size"), (optim, "per_device_eval_batch_size"),
@@ -605,6 +612,7 @@ def save_final_outputs(loop, model, final_metrics):
         if is_bermo:
             settings = run_arguments.run_to_dict(run)
             hyperparameters = {name: settings[name] for name in CARD_HYPERPARAMETERS}
+            hyperparameters["mix_init"] = model.config.mix_init  # the init this model's mix started from
             hyperparameters.update(num_processes=accelerator.num_processes, mixed_precision=accelerator.mixed_precision)
             hyperparameters.update(feature_figures)  # e.g. pruning: method, thresholds/λ, measured remaining weights
             finetuned_model_card(
