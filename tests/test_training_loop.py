@@ -98,3 +98,17 @@ def test_last_biased_mix_init_starts_the_converted_model_there_and_the_card_reco
     assert_fails(common(tiny_bert, tmp_path / "bad", "--task_name", "sst2", "--glue_dir", str(sst2_files / "glue"),
                         "--mix_init", "last:1.5"), "--mix_init 'last:1.5': the last representation's weight P")
     assert not (tmp_path / "bad").exists()
+
+
+def test_mix_dropout_reaches_the_model_and_bad_values_are_refused(tiny_bert, sst2_files, tmp_path):
+    out = tmp_path / "out"
+    code = main(common(tiny_bert, out, "--task_name", "sst2", "--glue_dir", str(sst2_files / "glue"),
+                       "--max_train_steps", "2", "--mix_dropout", "0.1"))
+    assert code == 0
+    assert json.loads((out / "config.json").read_text())["mix_dropout"] == 0.1
+    assert "| mix_dropout | 0.1 |" in (out / "README.md").read_text()
+    for extra, message in ((["--mix_dropout", "1"], "--mix_dropout 1.0: a probability in [0, 1)"),
+                           (["--mix_dropout", "0.1", "--model_type", "bert"], "--model_type bert has none")):
+        assert_fails(common(tiny_bert, tmp_path / "bad", "--task_name", "sst2", "--glue_dir",
+                            str(sst2_files / "glue"), *extra), message)
+        assert not (tmp_path / "bad").exists()

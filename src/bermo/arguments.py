@@ -72,6 +72,10 @@ class ModelArguments:
         "initial layer mix when converting a BERT checkpoint on the fly: uniform (the paper's), last (all weight on "
         "the last layer: BERT's outputs), or last:P (weight P on the last layer, the rest spread evenly, e.g. "
         "last:0.9)", default="uniform")
+    mix_dropout: Optional[float] = _help(
+        "layer dropout on the mix in training, in [0, 1) (UDify uses 0.1): each representation is left out of a "
+        "step's softmax with this probability, never all; default: the checkpoint's (0 for a BERT checkpoint)",
+        default=None)
     trust_remote_code: bool = _help(
         "allow the checkpoint's own modeling code (needed for BERMo checkpoints without bermo)", default=False)
 

@@ -104,6 +104,11 @@ def check_settings(run):
             parse_last_weight(run.model.mix_init)
         except ValueError as error:
             raise TrainingError(f"--{error}") from None
+    if run.model.mix_dropout is not None:
+        if run.model.model_type == "bert":
+            raise TrainingError("--mix_dropout: the layer mix is BERMo's; --model_type bert has none")
+        if not 0 <= run.model.mix_dropout < 1:
+            raise TrainingError(f"--mix_dropout {run.model.mix_dropout}: a probability in [0, 1)")
     if output.checkpointing_steps not in (None, "epoch") and not str(output.checkpointing_steps).isdigit():
         raise TrainingError(f"--checkpointing_steps {output.checkpointing_steps!r}: a number of steps or 'epoch'")
     for part, name in ((optim, "per_device_train_batch_size"), (optim, "per_device_eval_batch_size"),
@@ -207,6 +212,8 @@ def load_model(model_args, task_data):
         if model_args.model_type == "bermo":
             if config.model_type == "bert":
                 kwargs["mix_init"] = model_args.mix_init
+            if model_args.mix_dropout is not None:
+                kwargs["mix_dropout"] = model_args.mix_dropout
             return BermoForSequenceClassification.from_pretrained(path, **kwargs)
         return transformers.AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     except (OSError, ValueError, RuntimeError) as error:
@@ -612,7 +619,8 @@ def save_final_outputs(loop, model, final_metrics):
         if is_bermo:
             settings = run_arguments.run_to_dict(run)
             hyperparameters = {name: settings[name] for name in CARD_HYPERPARAMETERS}
-            hyperparameters["mix_init"] = model.config.mix_init  # the init this model's mix started from
+            # the init this model's mix started from, and its layer dropout
+            hyperparameters.update(mix_init=model.config.mix_init, mix_dropout=model.config.mix_dropout)
             hyperparameters.update(num_processes=accelerator.num_processes, mixed_precision=accelerator.mixed_precision)
             hyperparameters.update(feature_figures)  # e.g. pruning: method, thresholds/λ, measured remaining weights
             finetuned_model_card(
