@@ -170,6 +170,20 @@ def base_run(args, **output):
                         output=OutputArguments(save_model=False, **output))
 
 
+def model_run(base, model_type, seed, **mix):
+    """`base` as one model and seed: `model_type` bert or bermo, `mix` (mix_init, mix_dropout: ModelArguments;
+    mix_learning_rate: OptimizationArguments) for BERMo. A BERT run has no mix: its mix settings are the defaults,
+    so that BERT's runs are the same runs whatever BERMo variant they are compared with."""
+    model = {k: v for k, v in mix.items() if k != "mix_learning_rate"}
+    optim = {k: v for k, v in mix.items() if k == "mix_learning_rate"}
+    if model_type == "bert":
+        defaults_model, defaults_optim = ModelArguments(), OptimizationArguments()
+        model = {k: getattr(defaults_model, k) for k in ("mix_init", "mix_dropout")}
+        optim = {"mix_learning_rate": defaults_optim.mix_learning_rate}
+    return dataclasses.replace(base, model=dataclasses.replace(base.model, model_type=model_type, **model),
+                               optim=dataclasses.replace(base.optim, seed=seed, **optim))
+
+
 def finetune_run(run, label, **extra):
     """A runner `Run` of one fine-tuning. Its configuration, and so its id (runner.run_id: a hash of the canonical
     JSON), is {"kind": "finetune", "arguments": the run's settings as `bermo.arguments.run_to_dict` gives them (the

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from dataclasses import replace
-
 from bermo.arguments import command_line, run_to_dict
 
 from . import stats
 from .common import (MODELS, PAPER, add_common_options, base_run, check_common, default_checkpoint, finetune_run,
-                     json_safe, launch, load_task_data, read_curve, refuse_owned, training_options)
+                     json_safe, launch, load_task_data, model_run, read_curve, refuse_owned,
+                     training_options)
 from .runner import Experiment, ExperimentError
 
 # finetune.py's options that the experiment sets per run or refuses
@@ -85,8 +84,7 @@ def plan(args):
     metric = args.metric or task_data.metric
     if task_data.num_labels == 1 and metric != "pearson":
         raise ExperimentError(f"--metric {metric}: this is a regression task; use pearson")
-    runs = [finetune_run(replace(base, model=replace(base.model, model_type=model),
-                                 optim=replace(base.optim, seed=seed)), f"{model} seed {seed}")
+    runs = [finetune_run(model_run(base, model, seed), f"{model} seed {seed}")
             for seed in seeds for model in MODELS]
     # what every run shares, for people: the flags that give it (model type and seed vary per run)
     shared = {k: v for k, v in run_to_dict(base).items() if k not in ("output_dir", "model_type", "seed")}

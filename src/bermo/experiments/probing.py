@@ -23,7 +23,7 @@ import argparse
 import copy
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from bermo.arguments import DataArguments, ModelArguments, OptimizationArguments
 
 from . import stats
 from .common import (MODELS, PAPER, absolute_if_local, add_common_options, check_common, default_checkpoint,
-                     finetune_run, json_safe, launch)
+                     finetune_run, json_safe, launch, model_run)
 from .runner import Experiment, ExperimentError, Run, claim_output_dir
 
 SPLITS = ("tr", "va", "te")
@@ -528,8 +528,7 @@ def plan(args, progress=True):
                 output=OutputArguments(eval_steps=args.finetune_eval_steps, save_model=False))
             for seed in seeds:
                 for model in MODELS:
-                    runs.append(finetune_run(replace(base, model=replace(base.model, model_type=model),
-                                                     optim=replace(base.optim, seed=seed)),
+                    runs.append(finetune_run(model_run(base, model, seed),
                                              f"finetune {task.name} {model} seed {seed}", task=task.name,
                                              data=task_fingerprint(task)))
     return Experiment(output_dir, "probing", config, runs), task_info

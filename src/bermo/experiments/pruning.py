@@ -42,7 +42,8 @@ from bermo.arguments import (TOPK_METHODS, DataArguments, ModelArguments, Optimi
 
 from . import stats
 from .common import (MODELS, add_common_options, base_run, check_common, default_checkpoint, finetune_run,
-                     json_safe, launch, load_task_data, read_curve, refuse_owned, training_options, typed)
+                     json_safe, launch, load_task_data, model_run, read_curve, refuse_owned, training_options,
+                     typed)
 from .runner import Experiment, ExperimentError, claim_output_dir, write_text_atomic
 
 STUDIES = ("stability", "efficiency")
@@ -331,8 +332,7 @@ def plan(args):
         data["cell_args"][cell_name(cell)] = cell_flags(cell)
         for seed in seeds:
             for model in MODELS:
-                runs.append(finetune_run(replace(cell_run, model=replace(base.model, model_type=model),
-                                                 optim=replace(base.optim, seed=seed)),
+                runs.append(finetune_run(model_run(cell_run, model, seed),
                                          f"{cell_name(cell)}, {model} seed {seed}", study=args.study, cell=cell,
                                          data=data["files"]))
     shared = {k: v for k, v in run_to_dict(base).items()
