@@ -172,6 +172,27 @@ class PruningArguments:
         "out/sst2-movement/mask_scores.safetensors)", default=None)
 
 
+DEFAULT_DISTILLATION_TEMPERATURE, DEFAULT_DISTILLATION_ALPHA = 2.0, 0.5
+
+
+@dataclass
+class DistillationArguments:
+    """Knowledge distillation from a fine-tuned teacher (Hinton et al. 2015; the recipe of Sanh et al.'s emmental)."""
+
+    _argument_group_name = "distillation"
+
+    teacher_name_or_path: Optional[str] = _help(
+        "a fine-tuned model of the same task and labels (BERT or BERMo, folder or Hub id) whose logits the student "
+        "also learns from; default: no distillation (e.g. --teacher_name_or_path out/sst2-bert)", default=None)
+    distillation_temperature: float = _help(
+        "softmax temperature T of both models' logits; the KL term is scaled by T^2 (default "
+        f"{DEFAULT_DISTILLATION_TEMPERATURE}, e.g. --distillation_temperature 2)",
+        default=DEFAULT_DISTILLATION_TEMPERATURE)
+    distillation_alpha: float = _help(
+        "weight of the distillation term: loss = alpha * KL (MSE for regression) + (1 - alpha) * task loss (default "
+        f"{DEFAULT_DISTILLATION_ALPHA}, e.g. --distillation_alpha 0.5)", default=DEFAULT_DISTILLATION_ALPHA)
+
+
 # The loop's own settings, in the order of `RunArguments`' fields and of the parser's help.
 LOOP_ARGUMENTS = {"data": DataArguments, "model": ModelArguments, "optim": OptimizationArguments,
                   "output": OutputArguments}

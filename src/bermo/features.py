@@ -34,7 +34,7 @@ The hooks, in the order the loop calls them (every one optional; the defaults do
 import importlib
 
 # The features that come with bermo, by import path (imported when the registry is first read).
-BUILTIN_FEATURES = ("bermo.pruning.feature:PruningFeature",)
+BUILTIN_FEATURES = ("bermo.pruning.feature:PruningFeature", "bermo.distillation:DistillationFeature")
 
 _REGISTRY = {}
 
@@ -71,6 +71,9 @@ class TrainingFeature:
 
     def on_step(self, step):
         pass
+
+    def training_loss(self, loss, outputs, batch, model):
+        return loss
 
     def penalty(self, model):
         return None

@@ -416,13 +416,15 @@ def train_steps(loop):
 
 
 def train_batch(loop, batch):
-    """One micro-batch: forward with the features' penalties, backward, and (when gradients sync) the optimizer
-    step. Returns the task loss (detached, float)."""
+    """One micro-batch: forward, the features' training loss and penalties, backward, and (when gradients sync) the
+    optimizer step. Returns the task loss (detached, float)."""
     accelerator, model = loop.accelerator, loop.model
     with accelerator.accumulate(model):
         loop.call("on_step", loop.completed_steps)
-        loss = model(**batch).loss
-        total_loss = loss
+        outputs = model(**batch)
+        loss = total_loss = outputs.loss
+        for extension in loop.hooks:
+            total_loss = extension.training_loss(total_loss, outputs, batch, model)
         for penalty in loop.call("penalty", model):
             if penalty is not None:
                 total_loss = total_loss + penalty
