@@ -258,3 +258,71 @@ torch.save({{"logits": logits}}, {str(tmp_path / 'remote.pt')!r})
     assert result.global_step == resumed.state.global_step == trainer.state.global_step == 6
     for name, tensor in resumed.model.named_parameters():
         assert (tensor.detach() - final[name]).abs().max().item() <= 1e-5, name
+
+
+def test_feature_trainer_prunes_distils_and_saves_a_plain_checkpoint(tiny_config_kwargs, tmp_path):
+    """Pruning (movement, half of each encoder matrix) and distillation from a teacher, in transformers.Trainer:
+    the schedule follows Trainer's steps, evaluations log the remaining weights, the final save is exported."""
+    from safetensors.torch import load_file
+
+    from bermo.arguments import DistillationArguments, PruningArguments
+    from bermo.distillation import DistillationFeature
+    from bermo.pruning import PruningFeature, count_zeros, masked_modules
+    from bermo.trainer import FeatureTrainer
+
+    teacher = tiny_classifier(tiny_config_kwargs, seed=1)
+    teacher.save_pretrained(tmp_path / "teacher")
+    steps = 8
+    pruning = PruningFeature(PruningArguments(pruning_method="movement", final_threshold=0.5, initial_warmup=0.0,
+                                              final_warmup=0.25), max_train_steps=steps)
+    distillation = DistillationFeature(DistillationArguments(teacher_name_or_path=str(tmp_path / "teacher")))
+    trainer = FeatureTrainer(
+        model=tiny_classifier(tiny_config_kwargs), args=training_args(tmp_path / "run", max_steps=steps,
+                                                                      per_device_train_batch_size=8,
+                                                                      learning_rate=1e-3),
+        train_dataset=marker_dataset(64, seed=0), eval_dataset=marker_dataset(16, seed=1),
+        data_collator=default_data_collator, features=[pruning, distillation])
+    scores = {id(m.mask_scores) for _, m in masked_modules(trainer.model)}
+    assert len(scores) == 3 * 6
+    trainer.create_optimizer()
+    groups = trainer.optimizer.param_groups
+    assert {id(p) for p in groups[-1]["params"]} == scores and groups[-1]["lr"] == 1e-2
+    assert not any(id(p) in scores for group in groups[:-1] for p in group["params"])
+    trainer.train()
+    assert pruning.step == steps and pruning.threshold == 0.5
+    metrics = trainer.evaluate()
+    assert 0.5 < metrics["eval_remaining_encoder_fraction"] < 0.6
+    masked_logits = trainer.predict(marker_dataset(16, seed=1)).predictions
+    trainer.save_model(tmp_path / "final")
+    saved = load_file(tmp_path / "final" / "model.safetensors")
+    assert not any(name.endswith("mask_scores") for name in saved)
+    assert count_zeros(saved)["remaining_encoder_fraction"] == pytest.approx(
+        metrics["eval_remaining_encoder_fraction"])
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "final").eval()
+    batch = default_data_collator([{k: v for k, v in row.items() if k in FORWARD_COLUMNS - {"labels"}}
+                                   for row in marker_dataset(16, seed=1)])
+    with torch.no_grad():
+        np.testing.assert_allclose(reloaded(**batch).logits.numpy(), masked_logits, atol=1e-5)
+
+
+def test_feature_trainer_resumes_a_pruning_run_from_its_checkpoint(tiny_config_kwargs, tmp_path):
+    from bermo.arguments import PruningArguments
+    from bermo.pruning import PruningFeature
+    from bermo.trainer import FeatureTrainer
+
+    def trainer(folder):
+        pruning = PruningFeature(PruningArguments(pruning_method="movement", final_threshold=0.5), max_train_steps=8)
+        return FeatureTrainer(model=tiny_classifier(tiny_config_kwargs),
+                              args=training_args(folder, max_steps=8, per_device_train_batch_size=8,
+                                                 learning_rate=1e-3, save_strategy="steps", save_steps=4),
+                              train_dataset=marker_dataset(64, seed=0), data_collator=default_data_collator,
+                              features=[pruning])
+
+    whole = trainer(tmp_path / "whole")
+    whole.train()
+    resumed = trainer(tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "whole" / "checkpoint-4"))
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert any(name.endswith("mask_scores") for name in a)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=0, msg=name)
