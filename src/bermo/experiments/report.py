@@ -308,6 +308,7 @@ def probing_markdown(summary, plots):
         "and test example; 95% CIs: percentile bootstrap resampling seeds and test examples.",
         "- Groups as SentEval groups them (Conneau et al. 2018). Source: SentEval's own file, or built from real "
         "sentences by `bermo-experiment build-probing` (see the README beside those files).",
+        *settings_markdown(summary.get("settings")),
         "",
         "## Tasks",
         "",
@@ -350,6 +351,27 @@ def probing_markdown(summary, plots):
             lines += [f"- {tasks[task]['short_name']} seed {f['seed']}: {f['error']}" for task, f in failed]
     lines += ["", "## Plots", ""] + [f"![{title}]({path})" for title, path in plots]
     return "\n".join(lines) + "\n"
+
+
+def settings_markdown(settings):
+    """The settings of a probing summary's runs, as list items (nothing for a summary that has none)."""
+    if not settings:
+        return []
+    lines = [f"- Settings: max length {settings.get('max_length')}; protocols: {', '.join(settings['protocols'])}."]
+    probe = settings.get("probe")
+    if probe:
+        grid = ", ".join("(" + ", ".join(map(str, point)) + ")" for point in probe["grid"])
+        training = ", ".join(f"{k} {v}" for k, v in probe["training"].items())
+        lines.append(f"- Frozen probe: Adam, learning rate {probe.get('learning_rate')} ({training}); (hidden, "
+                     f"dropout, L2) chosen on dev from: {grid}.")
+    finetune = settings.get("finetune")
+    if finetune:
+        options = settings.get("finetune_training_options") or {}
+        shown = ", ".join(f"{k} {v}" for k, v in options.items() if v is not None)
+        lines.append(f"- Fine-tuning: {finetune['steps']} optimizer steps, dev evaluation every "
+                     f"{finetune['eval_steps']}, learning rate {finetune['learning_rate']}; every option of the "
+                     f"training loop (as it resolves them): {shown or 'not recorded'}.")
+    return lines
 
 
 def _scaled(value):
