@@ -162,8 +162,8 @@ def _window_rule(statistics):
     window = statistics["window"]
     if window == 1:
         return "No smoothing: each evaluation counts on its own."
-    return (f"Full windows only: the first average is at a run's {window}th evaluation, so no single evaluation "
-            "counts on its own.")
+    return (f"Full windows only: a run's first average is that of its first {window} evaluations, so no single "
+            "evaluation counts on its own.")
 
 
 def _replicate_rule(statistics):
