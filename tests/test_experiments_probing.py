@@ -215,6 +215,41 @@ def test_build_probing_target_words_occur_in_one_split_only(built, task_name):
             assert label == ("NNS" if word.endswith("s") else "NN")
 
 
+def test_lexical_split_puts_a_word_form_in_one_split_across_labels():
+    # "put" is the target as PAST and as PRES: SentEval puts the form in one split (the old split was per label
+    # and word, so "put" landed in test as PRES and in train as PAST)
+    examples = [(label, word, f"{word} {label} {i}") for i in range(6) for word in ("put", "cut", "read", "set")
+                for label in ("PAST", "PRES")]
+    examples += [("PAST", f"walked{i}", f"walked{i} sentence") for i in range(20)]
+    examples += [("PRES", f"walks{i}", f"walks{i} sentence") for i in range(20)]
+    for seed in range(5):
+        splits = build_probing.lexical_split(examples, [0.6, 0.2, 0.2], np.random.default_rng(seed))
+        where = {}
+        for split, rows in splits.items():
+            for _, text in rows:
+                where.setdefault(text.split()[0], set()).add(split)
+        assert all(len(splits_of_word) == 1 for splits_of_word in where.values()), where
+        assert sorted(text for rows in splits.values() for _, text in rows) == sorted(t for _, _, t in examples)
+        assert all({label for label, _ in rows} == {"PAST", "PRES"} for rows in splits.values())
+
+
+def test_build_probing_measures_how_concentrated_the_target_forms_are(built):
+    _, out = built
+    manifest = json.loads((out / build_probing.MANIFEST).read_text())
+    readme = (out / "README.md").read_text()
+    assert "100-5,000" in readme and "**not applied**" in readme and "## Target forms of the lexical tasks" in readme
+    for task_name in ("past_present", "subj_number", "obj_number"):
+        task = read_probing_file(out / f"{task_name}.txt")
+        forms = manifest["tasks"][task_name]["target_forms"]
+        for split in ("tr", "va", "te"):
+            counts = Counter(_target_word(task_name, s) for s in task.splits[split]["sentences"])
+            entry = forms[split]
+            assert entry["rows"] == sum(counts.values()) and entry["forms"] == len(counts)
+            assert entry["top1_share"] == pytest.approx(counts.most_common(1)[0][1] / entry["rows"])
+            assert entry["top5_share"] == pytest.approx(sum(c for _, c in counts.most_common(5)) / entry["rows"])
+            assert f"| {build_probing.TASKS[task_name]} | {split} | {entry['rows']} | {entry['forms']} |" in readme
+
+
 def test_build_probing_inversions_and_shifts_come_from_corpus_sentences(built):
     corpus, out = built
     originals = {" ".join(s.replace(",", " , ").split()) for s in corpus.read_text().splitlines()}

@@ -229,6 +229,8 @@ def test_probing_frozen_planned_for_another_scheduler_then_finished_locally(tiny
     assert frozen["semantic_mean"]["tasks"] == ["past_present"]
     markdown = (out / "summary.md").read_text()
     assert "SentEval's file" in markdown and "built (build-probing)" in markdown and "+2.67" in markdown
+    assert summary["settings"]["probe"]["learning_rate"] == 1e-3 and summary["settings"]["max_length"] == 32
+    assert "- Frozen probe: Adam, learning rate 0.001 (batch_size 64, max_epochs 4" in markdown
     assert (out / "probing_differences_frozen.png").is_file() and (out / "layer_weights_frozen.png").is_file()
 
 
@@ -240,10 +242,17 @@ def test_probing_finetune_protocol_through_the_training_loop(tiny_bert, tmp_path
     assert sorted((r["config"]["model_type"], r["config"]["seed"]) for r in records) == [
         ("bermo", 0), ("bermo", 1), ("bert", 0), ("bert", 1)]
     assert all(r["status"] == "ok" and r["result"]["test_predictions"] for r in records)
-    entry = json.loads((out / "summary.json").read_text())["protocols"]["finetune"]["tasks"]["subj_number"]
+    summary = json.loads((out / "summary.json").read_text())
+    entry = summary["protocols"]["finetune"]["tasks"]["subj_number"]
     assert entry["seeds_ok"] == 2 and 0 <= entry["bert"]["mean"] <= 1 and len(entry["difference"]["ci"]) == 2
     assert [len(m["weights"]) for m in entry["layer_mixes"]] == [4, 4]
-    assert "## Finetune protocol" in (out / "summary.md").read_text()
+    markdown = (out / "summary.md").read_text()
+    assert "## Finetune protocol" in markdown
+    # every setting of the runs, learning rates included (the first summary recorded none)
+    options = summary["settings"]["finetune_training_options"]
+    assert summary["settings"]["finetune"]["learning_rate"] == options["learning_rate"] == 5e-5
+    assert options["mix_learning_rate"] == 0.01 and options["max_train_steps"] == 4
+    assert "learning rate 5e-05" in markdown and "mix_learning_rate 0.01" in markdown
 
 
 def test_ray_launcher_runs_two_trials_side_by_side(tiny_bert, tmp_path):

@@ -570,7 +570,7 @@ def analyze(experiment, records, task_info, confidence=0.95, n_resamples=1000):
     """Per protocol and task: BERT and BERMo test accuracy over seeds, the paired difference with its CI."""
     seeds = experiment.config["seeds"]
     summary = {"experiment": "probing", "checkpoint": experiment.config["checkpoint"], "seeds": seeds,
-               "tasks": task_info, "protocols": {}, "runs": [],
+               "tasks": task_info, "protocols": {}, "runs": [], "settings": run_settings(experiment.config, records),
                "paper": {"semantic_mean_difference": PAPER["probing_semantic_mean_difference"],
                          "max_difference": PAPER["probing_max_difference"], "source": PAPER["source"]}}
     for record in records:
@@ -610,6 +610,27 @@ def analyze(experiment, records, task_info, confidence=0.95, n_resamples=1000):
             result["semantic_mean"]["tasks"] = semantic
         summary["protocols"][protocol] = result
     return json_safe(summary)
+
+
+def run_settings(config, records):
+    """Every setting of the runs: the experiment's configuration, the probe's own learning rate, and the training
+    loop's options of the fine-tuned runs as the loop resolves them (its defaults included)."""
+    import inspect
+
+    settings = {key: value for key, value in config.items() if key != "tasks"}
+    if "probe" in settings:
+        settings["probe"] = {**settings["probe"],
+                             "learning_rate": inspect.signature(train_probe).parameters["learning_rate"].default}
+    train_args = next((r["config"]["train_args"] for r in records if r["config"]["kind"] == "finetune"), None)
+    if train_args is not None:
+        from bermo.training import build_parser
+
+        options = vars(build_parser().parse_args([*train_args, "--output_dir", "-"]))
+        settings["finetune_training_options"] = {key: value for key, value in options.items()
+                                                 if key not in ("output_dir", "train_file", "validation_file",
+                                                                "test_file", "model_name_or_path", "model_type",
+                                                                "seed", "hub_token")}
+    return settings
 
 
 def _seed_scores(experiment, records, protocol, task, seed):

@@ -105,9 +105,11 @@ def convergence_markdown(summary, plots):
         f"- Steps to target: the first evaluation at which the {statistics['window']}-point trailing moving "
         f"average of a run's dev {data['metric']} reaches q × (median over seeds of BERT's best dev "
         f"{data['metric']} = {number(any_target['target'] / any_target['q'])}), linearly interpolated between "
-        "evaluations; ∞: never within the run (a failed run counts with the evaluations it made).",
+        "evaluations; ∞: never within the run (a failed run counts with the evaluations it made). "
+        + _window_rule(statistics),
         "- S = median steps(BERT) / median steps(BERMo): above 1, BERMo gets there in fewer steps. "
-        + (f"{statistics['confidence']:.0%} CIs: percentile bootstrap resampling seeds (paired) and dev examples."
+        + (f"{statistics['confidence']:.0%} CIs: percentile bootstrap resampling seeds (paired) and dev examples. "
+           + _replicate_rule(statistics)
            if statistics.get("confidence") else "No confidence intervals (one seed or --confidence 0)."),
         "",
         "## Steps to target",
@@ -123,11 +125,12 @@ def convergence_markdown(summary, plots):
             number(medians["bermo"], 1) + interval(cis.get("bermo"), 1),
             number(entry["speedup"], 2) + interval(entry.get("speedup_ci"), 2),
             number(entry.get("p_speedup_gt_1"), 2),
+            f"{entry['defined_replicates']} / {entry['n_replicates']}" if "defined_replicates" in entry else "n/a",
             number(entry.get("wall_clock_speedup"), 2),
             f"{paper['speedup']}× ({paper['task'].upper()})" if paper.get("speedup") else "—",
         ])
     lines.append(table(["q", "target", "BERT median steps", "BERMo median steps", "speedup S", "P(S > 1)",
-                        "wall-clock speedup", "paper"], rows))
+                        "replicates with S defined", "wall-clock speedup", "paper"], rows))
     lines += ["", "Steps per seed (seeds in order " + ", ".join(map(str, summary["seeds"])) + "):", ""]
     rows = [[number(entry["q"], 2)] + [", ".join(number(s, 1) for s in entry["steps"][m]) for m in ("bert", "bermo")]
             for entry in statistics["targets"].values()]
@@ -153,6 +156,23 @@ def convergence_markdown(summary, plots):
     lines += ["", runs_markdown(summary)]
     lines += ["", "## Plots", ""] + [f"![{title}]({path})" for title, path in plots]
     return "\n".join(lines) + "\n"
+
+
+def _window_rule(statistics):
+    window = statistics["window"]
+    if window == 1:
+        return "No smoothing: each evaluation counts on its own."
+    return (f"Full windows only: a run's first average is that of its first {window} evaluations, so no single "
+            "evaluation counts on its own.")
+
+
+def _replicate_rule(statistics):
+    entry = next(iter(statistics["targets"].values()))
+    if "min_defined_share" not in entry:
+        return ""
+    return ("A bootstrap replicate in which neither model reaches the target (S = ∞/∞) counts as not faster in "
+            "P(S > 1), a share of all replicates; the CI of S is taken over the replicates where S is defined and "
+            f"is n/a when they are fewer than {entry['min_defined_share']:.0%} of all.")
 
 
 def runs_markdown(summary):
@@ -288,6 +308,7 @@ def probing_markdown(summary, plots):
         "and test example; 95% CIs: percentile bootstrap resampling seeds and test examples.",
         "- Groups as SentEval groups them (Conneau et al. 2018). Source: SentEval's own file, or built from real "
         "sentences by `bermo-experiment build-probing` (see the README beside those files).",
+        *settings_markdown(summary.get("settings")),
         "",
         "## Tasks",
         "",
@@ -330,6 +351,27 @@ def probing_markdown(summary, plots):
             lines += [f"- {tasks[task]['short_name']} seed {f['seed']}: {f['error']}" for task, f in failed]
     lines += ["", "## Plots", ""] + [f"![{title}]({path})" for title, path in plots]
     return "\n".join(lines) + "\n"
+
+
+def settings_markdown(settings):
+    """The settings of a probing summary's runs, as list items (nothing for a summary that has none)."""
+    if not settings:
+        return []
+    lines = [f"- Settings: max length {settings.get('max_length')}; protocols: {', '.join(settings['protocols'])}."]
+    probe = settings.get("probe")
+    if probe:
+        grid = ", ".join("(" + ", ".join(map(str, point)) + ")" for point in probe["grid"])
+        training = ", ".join(f"{k} {v}" for k, v in probe["training"].items())
+        lines.append(f"- Frozen probe: Adam, learning rate {probe.get('learning_rate')} ({training}); (hidden, "
+                     f"dropout, L2) chosen on dev from: {grid}.")
+    finetune = settings.get("finetune")
+    if finetune:
+        options = settings.get("finetune_training_options") or {}
+        shown = ", ".join(f"{k} {v}" for k, v in options.items() if v is not None)
+        lines.append(f"- Fine-tuning: {finetune['steps']} optimizer steps, dev evaluation every "
+                     f"{finetune['eval_steps']}, learning rate {finetune['learning_rate']}; every option of the "
+                     f"training loop (as it resolves them): {shown or 'not recorded'}.")
+    return lines
 
 
 def _scaled(value):

@@ -22,26 +22,29 @@ INFINITY = float("inf")
 
 
 def moving_average(values, window=3):
-    """Trailing moving average; the first window-1 points average what there is so far."""
+    """Trailing moving average over full windows only: point k averages points k-window+1..k; the first window-1
+    points have no full window and are nan (no single raw point can make a smoothed value on its own)."""
     values = np.asarray(values, dtype=float)
     if window < 1:
         raise ValueError("window must be at least 1")
-    sums = np.cumsum(np.insert(values, 0, 0.0))
-    ends = np.arange(1, len(values) + 1)
-    starts = np.maximum(ends - window, 0)
-    return (sums[ends] - sums[starts]) / (ends - starts)
+    averages = np.full(len(values), math.nan)
+    if len(values) >= window:
+        sums = np.cumsum(np.insert(values, 0, 0.0))
+        averages[window - 1:] = (sums[window:] - sums[:-window]) / window
+    return averages
 
 
 def steps_to_target(steps, values, target, window=3):
-    """Optimizer steps at which the curve's `window`-point moving average first reaches `target`.
+    """Optimizer steps at which the curve's full-window `window`-point moving average first reaches `target`.
 
-    Linear interpolation between the two evaluations around the crossing (the first evaluation itself when it is
-    already there: nothing is known before it); infinity when the curve never gets there.
+    The smoothed curve starts at the window's last evaluation (step `steps[window-1]`); linear interpolation
+    between the two smoothed points around the crossing (the first smoothed point itself when it is already there:
+    nothing is known before it); infinity when the curve never gets there, or has fewer than `window` evaluations.
     """
     steps = np.asarray(steps, dtype=float)
-    if len(steps) == 0:
-        return INFINITY
     smoothed = moving_average(values, window)
+    defined = ~np.isnan(smoothed)
+    steps, smoothed = steps[defined], smoothed[defined]
     reached = np.flatnonzero(smoothed >= target)
     if len(reached) == 0:
         return INFINITY
@@ -229,11 +232,7 @@ def convergence_statistics(curves, references, metric, targets, n_resamples=1000
         entry = {"q": q, "target": point["targets"][q], "steps": point["steps"][q],
                  "median_steps": point["median_steps"][q], "speedup": point["speedup"][q]}
         if with_ci:
-            speedups = np.array([r["speedup"][q] for r in replicates])
-            entry["speedup_ci"] = percentile_interval(speedups, confidence)
-            defined = speedups[~np.isnan(speedups)]
-            entry["p_speedup_gt_1"] = float(np.mean(defined > 1)) if len(defined) else math.nan
-            entry["undefined_replicates"] = int(np.isnan(speedups).sum())
+            entry.update(speedup_replicate_summary([r["speedup"][q] for r in replicates], confidence))
             entry["median_steps_ci"] = {m: percentile_interval([r["median_steps"][q][m] for r in replicates],
                                                                confidence) for m in models}
         result["targets"][q] = entry
@@ -246,6 +245,32 @@ def convergence_statistics(curves, references, metric, targets, n_resamples=1000
         result[f"{key}_difference"] = entry
     result["confidence"] = confidence if with_ci else None
     return result
+
+
+# A replicate in which neither model reaches the target has S = inf/inf, undefined. It counts as *not faster* in
+# P(S > 1) (neither model got there: no evidence that BERMo is faster), so P(S > 1) is a share of all replicates.
+# The interval of S is taken over the replicates where S is defined, and only when they are at least this share of
+# all replicates; below it the interval is n/a. The share is reported beside both.
+MIN_DEFINED_SHARE = 0.5
+
+
+def speedup_replicate_summary(speedups, confidence=0.95, min_defined_share=MIN_DEFINED_SHARE):
+    """Interval and P(S > 1) of bootstrap replicates of S, with how many replicates have S defined.
+
+    Returns {"speedup_ci", "p_speedup_gt_1", "defined_replicates", "n_replicates", "min_defined_share"}.
+
+    p_speedup_gt_1: share of *all* replicates with S > 1 (undefined ones, inf/inf, count as not faster).
+    speedup_ci: percentile interval over the defined replicates; [nan, nan] (n/a) when they are fewer than
+    min_defined_share of all.
+    """
+    speedups = np.asarray(speedups, dtype=float)
+    undefined = np.isnan(speedups)
+    n_defined = int((~undefined).sum())
+    enough = len(speedups) > 0 and n_defined >= min_defined_share * len(speedups)
+    return {"speedup_ci": percentile_interval(speedups[~undefined], confidence) if enough else [math.nan, math.nan],
+            "p_speedup_gt_1": float(np.mean(np.where(undefined, False, speedups > 1))) if len(speedups) else math.nan,
+            "defined_replicates": n_defined, "n_replicates": int(len(speedups)),
+            "min_defined_share": min_defined_share}
 
 
 def _as_run(run, n):
