@@ -621,12 +621,9 @@ def run_settings(config, records):
     if "probe" in settings:
         settings["probe"] = {**settings["probe"],
                              "learning_rate": inspect.signature(train_probe).parameters["learning_rate"].default}
-    train_args = next((r["config"]["train_args"] for r in records if r["config"]["kind"] == "finetune"), None)
-    if train_args is not None:
-        from bermo.training import build_parser
-
-        options = vars(build_parser().parse_args([*train_args, "--output_dir", "-"]))
-        settings["finetune_training_options"] = {key: value for key, value in options.items()
+    arguments = next((r["config"]["arguments"] for r in records if r["config"]["kind"] == "finetune"), None)
+    if arguments is not None:  # the run's settings as the loop takes them: every value explicit
+        settings["finetune_training_options"] = {key: value for key, value in arguments.items()
                                                  if key not in ("output_dir", "train_file", "validation_file",
                                                                 "test_file", "model_name_or_path", "model_type",
                                                                 "seed", "hub_token")}
