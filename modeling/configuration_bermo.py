@@ -24,8 +24,8 @@ def parse_last_weight(mix_init):
     except ValueError:
         weight = None
     if weight is None:
-        raise ValueError(f"mix_init must be 'uniform', 'last', 'last:P' with 0 < P < 1 (e.g. 'last:0.9') or a list "
-                         f"of logits, got {mix_init!r}")
+        raise ValueError(f"mix_init must be 'uniform', 'last' or a list of logits, or 'last:P' with 0 < P < 1 (e.g. "
+                         f"'last:0.9'), got {mix_init!r}")
     if not 0 < weight < 1:
         raise ValueError(f"mix_init {mix_init!r}: the last representation's weight P must be in (0, 1)")
     return weight

@@ -3,9 +3,10 @@
 For each seed, BERT and BERMo are fine-tuned from one BERT checkpoint by the training loop (`--model_type bert` /
 `bermo`: same data order, same head initialization for the same seed), evaluating every `--eval_steps` with
 per-example dev predictions. The target for fraction q is q x (median over seeds of BERT's best dev metric); a
-run's steps to target are where the 3-point trailing moving average of its dev curve first reaches it,
-interpolated between evaluations (infinite when never). S(q) = median steps(BERT) / median steps(BERMo), with a
-bootstrap CI over seeds (paired) and dev examples, and P(S > 1).
+run's steps to target are where the 3-point trailing moving average of its dev curve first reaches it, over full
+windows only (from the third evaluation on: no single evaluation counts alone), interpolated between evaluations
+(infinite when never). S(q) = median steps(BERT) / median steps(BERMo), with a bootstrap CI over seeds (paired) and
+dev examples, and P(S > 1) over all replicates (a replicate where neither model gets there counts as not faster).
 """
 
 import argparse
@@ -45,7 +46,8 @@ def add_parser(subparsers):
                        help="fractions q of the median over seeds of BERT's best dev metric (each in (0, 1.5])")
     group.add_argument("--metric", help="the dev metric of the curves (default: the task's: accuracy, f1 for "
                        "QQP/MRPC, matthews_correlation for CoLA, pearson for STS-B)")
-    group.add_argument("--window", type=int, default=3, help="points of the trailing moving average")
+    group.add_argument("--window", type=int, default=3, help="points of the trailing moving average (full windows only: a curve reaches a target from its "
+                       "WINDOW-th evaluation on)")
     group.add_argument("--paper_task", choices=sorted(PAPER["convergence_speedup"]),
                        help="quote the paper's speedup for this task beside ours (default: --task_name if the "
                        "paper has it)")
