@@ -201,12 +201,19 @@ def finetune_run(run, label, **extra):
 
 def load_task_data(data_args):
     """The data as the loop will load it (bad data is refused here, before any run)."""
+    import datasets
+
     from bermo.data import DataError, load_task_data as load
 
+    shown = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # a check, not a step of the experiment: a refusal stays one line
     try:
         return load(data_args)
     except DataError as error:
         raise ExperimentError(str(error)) from None
+    finally:
+        if shown:
+            datasets.enable_progress_bars()
 
 
 def read_curve(experiment, record, split):
