@@ -283,6 +283,7 @@ class Loop:
     last_checkpoint: Optional[Path] = None
     first_bad_step: Any = None
     plain_copy: Any = None  # under FSDP, on the main process: the unsharded model that the final save is made from
+    full_state_dict: Any = None  # under FSDP / DeepSpeed: the weights gathered from every process, once, at the end
 
     def call(self, hook, *args):
         """Call a hook on every feature and callback, in order; their results as a list."""
@@ -558,10 +559,11 @@ def finish(loop, final_metrics):
                           output_dir / "predictions.tsv")
     accelerator.wait_for_everyone()
     final_model = accelerator.unwrap_model(loop.model)
-    if accelerator.distributed_type.value == "FSDP":
-        state_dict = accelerator.get_state_dict(loop.model)  # every process takes part; the full weights on the main one
+    if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
+        # every process takes part; the full weights on the main one
+        loop.full_state_dict = accelerator.get_state_dict(loop.model)
         if loop.plain_copy is not None:
-            loop.plain_copy.load_state_dict(state_dict)
+            loop.plain_copy.load_state_dict(loop.full_state_dict)
             final_model = loop.plain_copy
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -594,9 +596,9 @@ def save_final_outputs(loop, model, final_metrics):
 
     run, accelerator, output_dir = loop.run, loop.accelerator, loop.output_dir
     if run.output.save_model:
-        # the full state dict, gathered from every process under FSDP / DeepSpeed ZeRO-3 (a no-op otherwise)
-        state_dict = accelerator.get_state_dict(loop.model) if accelerator.distributed_type.value in (
-            "FSDP", "DEEPSPEED") else None
+        # the plain copy (FSDP, main process) holds its own full weights, after the features' export; elsewhere the
+        # weights gathered at the end (FSDP / DeepSpeed ZeRO-3), or the model's own (None)
+        state_dict = None if model is loop.plain_copy else loop.full_state_dict
         model.save_pretrained(output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
                               state_dict=state_dict)
     if not accelerator.is_main_process:
