@@ -3,7 +3,8 @@
 from ._io import save_figure_atomic
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend (files only), for every plot of the package."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,7 +20,7 @@ def learning_curve_description(metric):
 def learning_curve_figure(records, metric, panels=()):
     """Training loss and the task's own metric per evaluation split; below, one panel per feature panel
     `(label, [figure names])` that the evaluation records hold (e.g. pruning's remaining weights)."""
-    plt = _pyplot()
+    plt = pyplot()
     train = [(r["step"], r["loss"]) for r in records if r["split"] == "train"]
     evaluations = [r for r in records if r["split"] != "train"]
     panels = [(label, names) for label, names in panels if any(n in r for r in evaluations for n in names)]
@@ -65,7 +66,7 @@ def plot_learning_curve(records, path, metric, panels=()):
 
 
 def plot_layer_weights(model, path):
-    plt = _pyplot()
+    plt = pyplot()
     weights, scale = model.layer_mix_weights()
     names = ["emb" if index == 0 else f"L{index}" for index in model.config.mix_layer_indices]
     figure, axis = plt.subplots(figsize=(6, 3.5))

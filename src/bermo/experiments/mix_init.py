@@ -76,20 +76,20 @@ def variant_name(variant):
 
 
 def parse_variant(text):
-    from bermo.modeling.configuration_bermo import parse_last_weight
-
     parts = text.split(",")
     try:
-        init, rate, dropout = parts[0], float(parts[1]), float(parts[2])
         if len(parts) != 3:
             raise ValueError
-    except (IndexError, ValueError):
+        init, rate, dropout = parts[0], float(parts[1]), float(parts[2])
+    except ValueError:
         raise ExperimentError(f"--variants {text}: expected MIX_INIT,MIX_LEARNING_RATE,MIX_DROPOUT, e.g. "
                               "last:0.8,0.1,0.1") from None
-    return check_variant({"mix_init": init, "mix_learning_rate": rate, "mix_dropout": dropout}, parse_last_weight)
+    return check_variant({"mix_init": init, "mix_learning_rate": rate, "mix_dropout": dropout})
 
 
-def check_variant(variant, parse_last_weight):
+def check_variant(variant):
+    from bermo.modeling.configuration_bermo import parse_last_weight
+
     if variant["mix_init"] not in ("uniform", "last"):
         try:
             parse_last_weight(variant["mix_init"])
@@ -103,13 +103,10 @@ def check_variant(variant, parse_last_weight):
 
 
 def variants_of(args):
-    from bermo.modeling.configuration_bermo import parse_last_weight
-
     if args.variants:
         variants = [parse_variant(text) for text in args.variants]
     else:
-        variants = [check_variant({"mix_init": init, "mix_learning_rate": rate, "mix_dropout": dropout},
-                                  parse_last_weight)
+        variants = [check_variant({"mix_init": init, "mix_learning_rate": rate, "mix_dropout": dropout})
                     for init in args.mix_inits for rate in args.mix_learning_rates for dropout in args.mix_dropouts]
     names = [variant_name(v) for v in variants]
     if len(set(names)) != len(names):

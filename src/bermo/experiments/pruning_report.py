@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import COLORS, NAMES, _pyplot, _save, mean_sd, number, plot_layer_weights, table
+from ..plots import pyplot
+from .report import COLORS, NAMES, _save, mean_sd, number, plot_layer_weights, table
 from .runner import write_json_atomic, write_text_atomic
 
 MARKERS = {"dense": "*", "magnitude": "s", "movement": "o", "soft_movement": "^", "l0": "D"}
@@ -250,7 +251,7 @@ def runs_markdown(summary):
 
 
 def plot_accuracy_vs_remaining(summary, path):
-    plt = _pyplot()
+    plt = pyplot()
     efficiency = summary.get("efficiency")
     has_f1 = efficiency is not None and any(r.get("f1") is not None for r in summary["runs"])
     metrics = ["accuracy", "f1"] if has_f1 else ["accuracy"]
@@ -315,7 +316,7 @@ def _target_fraction(row):
 
 
 def plot_collapse_rates(summary, path):
-    plt = _pyplot()
+    plt = pyplot()
     cells = [c for c in summary["stability"]["cells"] if any(c["models"][m]["classified"] for m in NAMES)]
     figure, axis = plt.subplots(figsize=(6.4, 1.2 + 0.5 * len(cells)))
     height = 0.38
@@ -342,7 +343,7 @@ def plot_collapse_rates(summary, path):
 
 
 def plot_matched_differences(summary, path):
-    plt = _pyplot()
+    plt = pyplot()
     methods = {m: e for m, e in summary["efficiency"]["methods"].items() if e["matched"]}
     metrics = sorted({metric for e in methods.values() for metric in e["matched"]})
     figure, axes = plt.subplots(1, len(metrics), figsize=(6.4 * len(metrics), 4), squeeze=False)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .._io import save_figure_atomic
+from ..plots import pyplot
 from .runner import write_json_atomic, write_text_atomic
 
 COLORS = {"bert": "tab:blue", "bermo": "tab:orange"}
@@ -44,15 +45,6 @@ def table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _save(figure, path):
@@ -190,7 +182,7 @@ def runs_markdown(summary):
 
 
 def plot_learning_curves(summary, path):
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.4, 4))
     for model in ("bert", "bermo"):
         curves = [c for c in summary["curves"][model] if c]
@@ -218,7 +210,7 @@ def plot_learning_curves(summary, path):
 
 
 def plot_steps_to_target(summary, path):
-    plt = _pyplot()
+    plt = pyplot()
     statistics = summary["statistics"]
     entries = list(statistics["targets"].values())
     finite = [v for e in entries for m in ("bert", "bermo")
@@ -252,7 +244,7 @@ def plot_steps_to_target(summary, path):
 
 def plot_layer_weights(mixes, path, title):
     """Heat map: one row per task/seed, one column per mixed representation (0 = embeddings)."""
-    plt = _pyplot()
+    plt = pyplot()
     width = max(len(m["weights"]) for m in mixes)
     matrix = np.full((len(mixes), width), np.nan)
     for row, mix in enumerate(mixes):
@@ -404,7 +396,7 @@ def controls_markdown(summary, result):
 
 
 def plot_probing_differences(summary, protocol, path):
-    plt = _pyplot()
+    plt = pyplot()
     result = summary["protocols"][protocol]
     tasks = [t for t in _ordered_tasks(summary) if "difference" in result["tasks"][t]]
     figure, axis = plt.subplots(figsize=(6.4, 1.2 + 0.45 * len(tasks)))
