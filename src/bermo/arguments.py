@@ -245,7 +245,11 @@ def run_from_dict(values, feature_types=()):
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown setting{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}")
-    parts = {key: kind(**{n: values[n] for n in names(kind) if n in values}) for key, kind in groups.items()}
+    return _assemble({key: kind(**{n: values[n] for n in names(kind) if n in values}) for key, kind in groups.items()})
+
+
+def _assemble(parts):
+    """A `RunArguments` from {"data", "model", "optim", "output", feature name...: dataclass}."""
     loop = {key: parts.pop(key) for key in LOOP_ARGUMENTS}
     return RunArguments(**loop, features=parts)
 
@@ -330,6 +334,4 @@ def parse_run(argv, feature_types=(), parser=None):
         except (TypeError, ValueError) as error:
             parser.error(f"{path}: {error}")
     parts = parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
-    groups = dict(zip([*LOOP_ARGUMENTS, *feature_argument_types(feature_types)], parts))
-    loop = {key: groups.pop(key) for key in LOOP_ARGUMENTS}
-    return RunArguments(**loop, features=groups)
+    return _assemble(dict(zip([*LOOP_ARGUMENTS, *feature_argument_types(feature_types)], parts)))
