@@ -45,6 +45,9 @@ def test_variants_against_bert_on_a_dev_set_carved_from_training(tiny_bert, sst2
     finals = {v["variant"]: v["final"]["mean"] for v in summary["variants"]}
     best = max(round(value, 4) for value in finals.values())
     assert summary["chosen"] == next(name for name, value in finals.items() if round(value, 4) == best)
+    # the chosen setting as --variants takes it, so that a confirmation can be launched from the summary
+    init, rate, dropout = summary["chosen_variant"].split(",")
+    assert summary["chosen"] == f"{init}, mix lr {float(rate):g}, dropout {float(dropout):g}"
     for variant in summary["variants"]:
         assert len(variant["final_difference"]["ci"]) == 2 and len(variant["mean_mix"]) == 4
         assert variant["final_difference"]["difference"] == pytest.approx(
@@ -52,6 +55,8 @@ def test_variants_against_bert_on_a_dev_set_carved_from_training(tiny_bert, sst2
     markdown = (out / "summary.md").read_text()
     assert f"**Chosen by the rule: {summary['chosen']}.**" in markdown and "carved from the training data" in markdown
     assert (out / "layer_weights.png").stat().st_size > 1000
+    assert (out / "learning_curves.png").stat().st_size > 1000 and "(learning_curves.png)" in markdown
+    assert set(summary["curves"]) == {"bert", *finals} and all(len(c) == len(summary["seeds"]) for c in summary["curves"].values())
     # the same command again runs nothing
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/result.json")}
     assert main(argv) == 0

@@ -75,6 +75,11 @@ def variant_name(variant):
     return f"{variant['mix_init']}, mix lr {variant['mix_learning_rate']:g}, dropout {variant['mix_dropout']:g}"
 
 
+def variant_spec(variant):
+    """The variant as --variants takes it (INIT,LR,DROPOUT): what a confirmation of a chosen setting passes on."""
+    return f"{variant['mix_init']},{variant['mix_learning_rate']:g},{variant['mix_dropout']:g}"
+
+
 def parse_variant(text):
     parts = text.split(",")
     try:
@@ -220,6 +225,8 @@ def analyze(experiment, records, confidence=0.95, n_resamples=1000):
     if references is None:
         summary["note"] = "no run got as far as its first evaluation"
         return json_safe(summary)
+    summary["curves"] = {name: [None if c is None else {"steps": c["steps"].tolist(), "values": stats.metric_value(
+        c["predictions"], references, metric).tolist()} for c in model_curves] for name, model_curves in curves.items()}
     for name in names:
         result = stats.convergence_statistics({"bert": curves["bert"], name: curves[name]}, references, metric,
                                               TARGETS, n_resamples=n_resamples, confidence=confidence,
@@ -235,12 +242,14 @@ def analyze(experiment, records, confidence=0.95, n_resamples=1000):
             "mix_layers": mixes[name][0]["layers"] if mixes.get(name) else None})
     means = [round(v["final"]["mean"], TIE_DECIMALS) if np.isfinite(v["final"]["mean"]) else -np.inf
              for v in summary["variants"]]
-    summary["chosen"] = summary["variants"][int(np.argmax(means))]["variant"]  # argmax: the first of equal ones
+    chosen = int(np.argmax(means))  # argmax: the first of equal ones
+    summary["chosen"] = summary["variants"][chosen]["variant"]
+    summary["chosen_variant"] = variant_spec(config["variants"][chosen])
     return json_safe(summary)
 
 
 def write_report(output_dir, summary):
-    from .report import interval, number, plot_layer_weights, table
+    from .report import COLORS, interval, number, plot_layer_weights, plot_learning_curves, table
 
     lines = [f"# Mix settings vs BERT: {summary['data']['name']}", "",
              f"- Dev data: {summary['data']['dev_rows']} rows"
@@ -257,6 +266,11 @@ def write_report(output_dir, summary):
                          "last layer's weight at the end"], rows), "",
                   f"BERT's final dev metric (mean): {number(summary['variants'][0]['bert_final']['mean'])}.", "",
                   f"**Chosen by the rule: {summary['chosen']}.**", ""]
+        series = [("BERT", COLORS["bert"], summary["curves"]["bert"])]
+        series += [(v["variant"], None, summary["curves"][v["variant"]]) for v in summary["variants"]]
+        plot_learning_curves(summary, Path(output_dir) / "learning_curves.png", series,
+                             f"{summary['data']['name']}: BERT vs BERMo's mix settings")
+        lines += ["![dev learning curves (mean, band: min-max over seeds)](learning_curves.png)", ""]
         mixes = [{"label": v["variant"], "layers": v["mix_layers"], "weights": v["mean_mix"], "scale": v["mean_scale"]}
                  for v in summary["variants"] if v["mean_mix"]]
         if mixes:

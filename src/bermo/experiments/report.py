@@ -181,11 +181,14 @@ def runs_markdown(summary):
     return "\n".join(lines)
 
 
-def plot_learning_curves(summary, path):
+def plot_learning_curves(summary, path, series=None, title=None):
+    """Dev curves, mean over seeds with a min-max band: BERT and BERMo, or `series` [(label, color, curves), ...]."""
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.4, 4))
-    for model in ("bert", "bermo"):
-        curves = [c for c in summary["curves"][model] if c]
+    if series is None:
+        series = [(NAMES[model], COLORS[model], summary["curves"][model]) for model in ("bert", "bermo")]
+    for label, color, model_curves in series:
+        curves = [c for c in model_curves if c]
         if not curves:
             continue
         steps = sorted({s for c in curves for s in c["steps"]})
@@ -194,18 +197,17 @@ def plot_learning_curves(summary, path):
             for step, value in zip(curve["steps"], curve["values"]):
                 table_[i, steps.index(step)] = value
         mean = np.nanmean(table_, axis=0)
-        axis.plot(steps, mean, color=COLORS[model], marker=".", label=f"{NAMES[model]} (mean of {len(curves)})")
-        axis.fill_between(steps, np.nanmin(table_, axis=0), np.nanmax(table_, axis=0), color=COLORS[model],
-                          alpha=0.2)
-    statistics = summary["statistics"]
-    for entry in statistics["targets"].values():
+        line, = axis.plot(steps, mean, color=color, marker=".", label=f"{label} (mean of {len(curves)})")
+        axis.fill_between(steps, np.nanmin(table_, axis=0), np.nanmax(table_, axis=0), color=line.get_color(),
+                          alpha=0.15)
+    for entry in summary.get("statistics", {}).get("targets", {}).values():
         axis.axhline(entry["target"], color="gray", linestyle=":", linewidth=1)
         axis.annotate(f"q={entry['q']:g}", (axis.get_xlim()[0], entry["target"]), fontsize=7, color="gray",
                       va="bottom")
     axis.set_xlabel("optimizer step")
     axis.set_ylabel(f"dev {summary['data']['metric']}")
-    axis.set_title(f"{summary['data']['name']}: BERT vs BERMo")
-    axis.legend()
+    axis.set_title(title or f"{summary['data']['name']}: BERT vs BERMo")
+    axis.legend(fontsize=7 if len(series) > 3 else None)
     _save(figure, path)
 
 
