@@ -86,3 +86,24 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_bert, sst2_files, 
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and message in error and error.startswith("bermo-experiment mix-init: error:")
     assert not out.exists()
+
+
+def test_the_learning_curves_give_every_series_its_own_colour(tmp_path, monkeypatch):
+    """BERT and each variant are told apart in learning_curves.png (the first variant once took BERT's blue)."""
+    from bermo.experiments import report
+
+    drawn = {}
+    monkeypatch.setattr(report, "plot_learning_curves",
+                        lambda summary, path, series=None, title=None: drawn.update(series=series))
+    monkeypatch.setattr(report, "plot_layer_weights", lambda *args, **kwargs: None)
+    curve = {"steps": [1, 2], "values": [0.5, 0.6]}
+    variants = [{"variant": f"v{i}", "final": {"mean": 0.6}, "final_difference": {"difference": 0.0, "ci": [0, 0]},
+                 "best_difference": {"difference": 0.0, "ci": [0, 0]}, "speedup": {"0.95": 1.0}, "bert_final": {"mean": 0.6},
+                 "mean_mix": None, "mix_layers": None, "mean_scale": None} for i in range(9)]
+    summary = {"data": {"name": "sst2", "dev_rows": 4, "dev_from_train": False, "metric": "accuracy"},
+               "seeds": [0], "train_args": [], "rule": "r", "variants": variants, "chosen": "v0",
+               "bert_final": {"mean": 0.6}, "curves": {"bert": [curve], **{v["variant"]: [curve] for v in variants}},
+               "runs": []}
+    mix_init.write_report(tmp_path, summary)
+    colours = [color for _, color, _ in drawn["series"]]
+    assert len(colours) == 10 and len(set(colours)) == 10 and None not in colours

@@ -249,7 +249,7 @@ def analyze(experiment, records, confidence=0.95, n_resamples=1000):
 
 
 def write_report(output_dir, summary):
-    from .report import COLORS, interval, number, plot_layer_weights, plot_learning_curves, table
+    from .report import COLORS, VARIANT_COLORS, interval, number, plot_layer_weights, plot_learning_curves, table
 
     lines = [f"# Mix settings vs BERT: {summary['data']['name']}", "",
              f"- Dev data: {summary['data']['dev_rows']} rows"
@@ -267,7 +267,8 @@ def write_report(output_dir, summary):
                   f"BERT's final dev metric (mean): {number(summary['variants'][0]['bert_final']['mean'])}.", "",
                   f"**Chosen by the rule: {summary['chosen']}.**", ""]
         series = [("BERT", COLORS["bert"], summary["curves"]["bert"])]
-        series += [(v["variant"], None, summary["curves"][v["variant"]]) for v in summary["variants"]]
+        series += [(v["variant"], VARIANT_COLORS[i % len(VARIANT_COLORS)], summary["curves"][v["variant"]])
+                   for i, v in enumerate(summary["variants"])]
         plot_learning_curves(summary, Path(output_dir) / "learning_curves.png", series,
                              f"{summary['data']['name']}: BERT vs BERMo's mix settings")
         lines += ["![dev learning curves (mean, band: min-max over seeds)](learning_curves.png)", ""]

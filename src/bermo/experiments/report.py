@@ -13,6 +13,9 @@ from ..plots import pyplot
 from .runner import write_json_atomic, write_text_atomic
 
 COLORS = {"bert": "tab:blue", "bermo": "tab:orange"}
+# Several BERMo variants in one figure: tab10 without BERT's blue.
+VARIANT_COLORS = ["tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan",
+                  "tab:gray"]
 NAMES = {"bert": "BERT", "bermo": "BERMo"}
 GROUP_ORDER = ("surface", "syntactic", "semantic", "other")
 
