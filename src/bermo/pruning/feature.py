@@ -84,6 +84,9 @@ class PruningFeature(TrainingFeature):
 
     def _validate(self):
         method = self.method
+        if self.granularity != ("weight",) and not isinstance(self, StructuredPruningFeature):
+            raise ValueError(f"--pruning_granularity {','.join(self.granularity)}: build the feature with "
+                             "PruningFeature.from_arguments(...) (or StructuredPruningFeature)")
         for name, value in (("initial_threshold", self.initial_threshold), ("final_threshold", self.final_threshold)):
             if method == "soft_movement":
                 low_ok = value >= 0 if name == "initial_threshold" else value > 0
