@@ -33,6 +33,7 @@ from transformers.utils import WEIGHTS_NAME as TORCH_WEIGHTS_NAME
 
 from ._errors import one_line
 from .hub import PublishError, push_to_hub
+from .pruned_heads import heads_left, load_source_model
 from .modeling.configuration_bermo import BermoConfig
 from .modeling.modeling_bermo import (
     BermoForMultipleChoice,
@@ -392,6 +393,9 @@ def bermo_config_for(source_config, task, num_labels, mix_init, mix_layers):
     fields.pop("dtype", None)
     fields.pop("is_decoder", None)  # a decoder without cross-attention converts as an encoder (checked by the caller)
     fields.pop("add_cross_attention", None)
+    if fields.get("pruned_heads"):  # a transformers 4.x checkpoint whose heads were pruned: per-layer head counts
+        fields["layer_num_attention_heads"] = heads_left(fields)
+    fields.pop("pruned_heads", None)
     if num_labels is not None and "id2label" in fields and len(fields["id2label"]) != num_labels:
         fields.pop("id2label")
         fields.pop("label2id", None)
@@ -636,6 +640,11 @@ def verification_inputs(folder, vocab_size):
     return {"input_ids": input_ids, "attention_mask": attention_mask}, "random token ids (no tokenizer)"
 
 
+def read_state_dict(folder):
+    weights = SourceWeights(find_weights(Path(folder)))
+    return {name: weights[name] for name in weights.shapes}
+
+
 def verify_conversion(source_folder, output_folder, task, plan, dtype, log=print):
     """Reload the output and compare it with the source on a few inputs; raise ConversionError on a mismatch.
 
@@ -651,7 +660,8 @@ def verify_conversion(source_folder, output_folder, task, plan, dtype, log=print
 
     source_class = getattr(transformers, TASKS[task][1] if head_converted else "BertModel")
     # is_decoder=False: a BertLMHeadModel source is compared as the encoder it was converted to
-    source_model = source_class.from_pretrained(source_folder, dtype=torch.float32, is_decoder=False).eval()
+    source_model = load_source_model(source_class, source_folder, read_state_dict, dtype=torch.float32,
+                                     is_decoder=False).eval()
     output_model = TASKS[task][0].from_pretrained(output_folder, dtype=torch.float32).eval()
     inputs, kind = verification_inputs(source_folder, source_model.config.vocab_size)
     if task == "multiple-choice" and head_converted:
