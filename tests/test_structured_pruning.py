@@ -292,3 +292,38 @@ def test_resuming_needs_the_same_structure_flags(tiny_bert, sst2_files, tmp_path
     assert_fails(common(tiny_bert, out, *args, "--resume_from_checkpoint", "latest"),
                  "--pruning_granularity was head,neuron, now weight")
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_a_4x_checkpoint_with_pruned_heads_converts_to_per_layer_head_counts(tmp_path, tiny_inputs):
+    from safetensors.torch import save_file
+
+    from bermo.conversion import convert
+
+    pruned, size = {0: [1, 2], 2: [0]}, TINY_BERT["hidden_size"] // TINY_BERT["num_attention_heads"]
+    source, reference = tiny("bert"), tiny("bert")
+    state = {name: tensor.clone() for name, tensor in source.state_dict().items()}
+    for layer, heads in pruned.items():  # what transformers 4.x `prune_heads` saves, and the same function dense
+        kept = torch.cat([torch.arange(h * size, (h + 1) * size) for h in range(4) if h not in heads])
+        prefix = f"bert.encoder.layer.{layer}.attention."
+        for name in ("query", "key", "value"):
+            for kind in ("weight", "bias"):
+                state[f"{prefix}self.{name}.{kind}"] = state[f"{prefix}self.{name}.{kind}"][kept]
+        state[f"{prefix}output.dense.weight"] = state[f"{prefix}output.dense.weight"][:, kept]
+        with torch.no_grad():
+            value = reference.bert.encoder.layer[layer].attention.self.value
+            for head in heads:
+                value.weight[head * size:(head + 1) * size] = 0
+                value.bias[head * size:(head + 1) * size] = 0
+    folder = tmp_path / "v4-pruned"
+    folder.mkdir()
+    config = {**source.config.to_dict(), "pruned_heads": {str(k): v for k, v in pruned.items()}}
+    (folder / "config.json").write_text(json.dumps(config))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    convert(folder, tmp_path / "out", mix_init="last", show_progress=False, log=lambda *args: None)
+    converted = BermoForSequenceClassification.from_pretrained(tmp_path / "out").eval()
+    assert converted.config.layer_num_attention_heads == [2, 4, 3]
+    assert "pruned_heads" not in json.loads((tmp_path / "out" / "config.json").read_text())
+    with torch.no_grad():
+        expected = reference.bert(**tiny_inputs).last_hidden_state
+        got = converted.bert(**tiny_inputs).last_hidden_state
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
