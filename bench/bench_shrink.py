@@ -4,7 +4,7 @@ For each shape (random weights; the speed depends on the shapes only), a dense B
 the same model pruned to a fraction of its heads and FFN neurons in every layer (bermo.pruning, magnitude scores,
 --pruning_granularity head,neuron, the fraction as --final_threshold) and exported (heads and neurons removed,
 per-layer sizes in the config). Timed in one process, interleaved: model.eval(), torch.no_grad(), one forward of
-batch 1 x SEQ and BATCH x SEQ tokens; the median of --repeats after --warmup. Also the parameter count and the
+batch 1 x SEQ (4 x --repeats times) and BATCH x SEQ tokens (--repeats times), after --warmup; medians. Also the parameter count and the
 safetensors file size of each, saved with save_pretrained.
 
     minilm     all-MiniLM-L6-v2's shape: 6 layers, hidden 384, 12 heads, FFN 1536
@@ -46,7 +46,9 @@ def parse_args(argv=None):
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's; on a machine shared with other jobs, 1 gives steadier "
+                             "figures)")
     return parser.parse_args(argv)
 
 
@@ -94,8 +96,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats after {args.warmup} "
-          "warm-up, medians")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats (batch 1: "
+          f"{4 * args.repeats}) after {args.warmup} warm-up, medians")
     rows = []
     for shape in args.shapes:
         models = {"dense": dense_model(shape)}
@@ -104,7 +106,8 @@ def main(argv=None):
         parameters = {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}
         sizes = {name: saved_size(model) for name, model in models.items()}
         for batch_size in (1, args.batch):
-            medians = time_models(models, inputs(batch_size, args.seq), args.repeats, args.warmup)
+            repeats = args.repeats * (4 if batch_size == 1 else 1)  # batch 1 is quick and noisier
+            medians = time_models(models, inputs(batch_size, args.seq), repeats, args.warmup)
             for keep in args.keep:
                 speedup = medians["dense"] / medians[keep]
                 goal = GOALS.get((shape, keep)) if batch_size == args.batch else None
