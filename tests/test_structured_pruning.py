@@ -48,10 +48,10 @@ def logits(model, inputs):
         return model(**inputs).logits
 
 
-def pruned(kind, granularity, threshold, method="movement", seed=0, **overrides):
+def pruned(kind, granularity, threshold, method="movement", seed=0, global_topk=False, **overrides):
     """A tiny model with structure masks at the final threshold, from random scores; (model, feature)."""
     model = tiny(kind, seed, **overrides)
-    feature = structured(granularity, threshold, method)
+    feature = structured(granularity, threshold, method, global_topk=global_topk)
     model = feature.setup(model)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -124,6 +124,23 @@ def test_export_then_reload_gives_the_masked_logits(tmp_path, tiny_inputs, kind,
         assert config["layer_intermediate_sizes"] == [max(len(kept[index][2]), 1) for index in kept_layers]
     if kind == "bert":
         assert config["mix_layers"] == [-1] and reloaded.layer_mix_weights()[0].tolist() == [1.0]
+
+
+def test_global_ranking_gives_layers_their_own_sizes_and_soft_movement_penalizes_the_scores(tiny_inputs):
+    model, feature = pruned("bermo", "head", 0.5, global_topk=True)
+    scores = [mask.scores.detach() for mask in feature.structures.masks["head"]]
+    kept = [int(mask.mask.sum()) for mask in feature.structures.masks["head"]]
+    assert sum(kept) == 6 and len(set(kept)) > 1  # the top 6 of all 12 heads, wherever they are
+    threshold = torch.cat(scores).sort(descending=True).values[5]
+    assert all(bool((s[m.mask.bool()] >= threshold).all()) for s, m in zip(scores, feature.structures.masks["head"]))
+    model, feature = pruned("bermo", "head,neuron", 0.5, method="soft_movement")
+    model.train()
+    loss = model(**tiny_inputs, labels=torch.tensor([0, 1, 1])).loss + feature.penalty(model)
+    loss.backward()
+    for mask in feature.structures.all_masks():
+        assert mask.scores.grad is not None and bool((mask.scores.grad != 0).any())
+        kept, above = mask.mask.bool(), torch.sigmoid(mask.scores.detach()) > 0.5
+        assert torch.equal(kept, above) or (int(kept.sum()) == 1 and not bool(above.any()))  # at least one kept
 
 
 def test_layer_dropping_folds_the_mix_exactly(tiny_inputs):
