@@ -143,11 +143,32 @@ def test_global_ranking_gives_layers_their_own_sizes_and_soft_movement_penalizes
         assert torch.equal(kept, above) or (int(kept.sum()) == 1 and not bool(above.any()))  # at least one kept
 
 
+def test_the_export_reads_the_model_it_is_given_like_fsdps_unsharded_copy(tiny_inputs):
+    import copy
+
+    model = tiny("bermo")
+    feature = structured("head,neuron,layer", 0.5)
+    model = feature.setup(model)
+    plain_copy = copy.deepcopy(model)  # what the loop copies before training under FSDP
+    with torch.no_grad():
+        for mask in feature.structures.all_masks():
+            mask.scores.normal_()
+    feature.on_step(10)
+    masked = logits(model, tiny_inputs)
+    plain_copy.load_state_dict(model.state_dict())  # the trained weights and scores, gathered
+    exported = feature.export(plain_copy)
+    assert exported.config.num_hidden_layers == 1
+    assert not any(layer._forward_hooks for layer in exported.bert.encoder.layer)
+    torch.testing.assert_close(logits(exported, tiny_inputs), masked, atol=1e-5, rtol=1e-5)
+
+
 def test_layer_dropping_folds_the_mix_exactly(tiny_inputs):
-    model, feature = pruned("bermo", "layer", 1.0)
+    model, feature = pruned("bermo", "layer", 0.67)
     with torch.no_grad():
         model.bert.layer_mix.logits.copy_(torch.tensor([0.3, -0.5, 1.2, 0.1]))
-        feature.structures.masks["layer"][1].mask.zero_()  # h_2 = h_1
+        for score, mask in zip([1.0, -5.0, 2.0], feature.structures.masks["layer"]):
+            mask.scores.fill_(score)  # the middle layer is dropped: h_2 = h_1
+    feature.on_step(10)
     masked = logits(model, tiny_inputs)
     exported = feature.export(model)
     assert exported.config.num_hidden_layers == 2 and exported.config.kept_layers == [0, 2]

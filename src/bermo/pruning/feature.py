@@ -20,7 +20,9 @@ from .masks import keep_count, kth_largest, l0_expected_nonzero, schedule_thresh
 from .modules import ENCODER_KEY, count_zeros, masked_modules
 from .patching import export_mask_scores, export_masked_model, load_mask_scores, mask_encoder_linears
 from .shrink import shrink_model
-from .structure import kept_parameter_counts, kept_structure, magnitudes, mask_encoder_structures, parse_granularity
+from .structure import (
+    EncoderStructures, kept_parameter_counts, kept_structure, magnitudes, mask_encoder_structures, parse_granularity,
+)
 
 DEFAULTS = {  # per-method defaults of the flags left unset (emmental's README recipes)
     "initial_threshold": {"magnitude": 1.0, "movement": 1.0, "soft_movement": 0.0, "l0": 1.0},
@@ -403,13 +405,16 @@ class StructuredPruningFeature(PruningFeature):
             return threshold_mask(values, self.threshold)
         return topk_mask(values, keep_count(self.threshold, values.numel()))
 
-    @torch.no_grad()
     def _apply_schedule(self):
-        if self.structures is None:
-            return
-        for kind, masks in self.structures.masks.items():
+        if self.structures is not None:
+            self._set_masks(self.structures)
+
+    @torch.no_grad()
+    def _set_masks(self, structures):
+        """Every structure mask at the current threshold, from the scores (or magnitudes) as they are."""
+        for kind, masks in structures.masks.items():
             values = [magnitudes(layer, kind) if self.method == "magnitude" else mask.scores.detach().float()
-                      for layer, mask in zip(self.structures.layers, masks)]
+                      for layer, mask in zip(structures.layers, masks)]
             if kind == "layer" or self.global_topk:  # one ranking over the model
                 selected = self._select(torch.cat(values)).split([mask.count for mask in masks])
             else:
@@ -442,9 +447,13 @@ class StructuredPruningFeature(PruningFeature):
         return kept_structure(self.structures)
 
     def export(self, model):
-        """In place where it can: the masked heads, neurons and layers removed (see `shrink_model`). Returns the model
-        to save (for a BERT model whose structure changed, a BERMo model). Call at the end of training."""
-        structures, self.structures = self.structures, None
+        """In place where it can: the masked heads, neurons and layers removed (see `shrink_model`), at the current
+        threshold from the given model's own scores or weights (it may be a copy of the trained one, e.g. the
+        unsharded copy an FSDP run saves from). Returns the model to save (for a BERT model whose structure changed, a
+        BERMo model). Call at the end of training."""
+        structures = EncoderStructures.of(extract_model_from_parallel(model), self.granularity)
+        self._set_masks(structures)
+        self.structures = None
         return shrink_model(model, structures)
 
     def after_save(self, model, output_dir):

@@ -21,7 +21,7 @@ from accelerate.utils import extract_model_from_parallel
 from torch import nn
 from transformers.pytorch_utils import prune_linear_layer
 
-from .structure import GroupMaskedLinear, kept_structure
+from .structure import GroupMaskedLinear, kept_structure, remove_layer_gate
 
 
 def _plain(linear):
@@ -121,7 +121,6 @@ def shrink_model(model, structures):
     """In place: the masked heads, neurons and layers removed, the per-layer sizes in the config; returns the model to
     save (the same object, or for a BERT model whose structure changed, its BERMo counterpart)."""
     core = extract_model_from_parallel(model)
-    structures.remove_hooks()
     plan = kept_structure(structures)
     config = core.config
     before_heads = [layer.attention.self.num_attention_heads for layer in structures.layers]
@@ -129,8 +128,7 @@ def shrink_model(model, structures):
     sizes = []
     for layer, (_, heads, neurons) in zip(structures.layers, plan):
         sizes.append(_shrink_layer(layer, heads, neurons))
-        if hasattr(layer, "layer_gate"):
-            del layer.layer_gate
+        remove_layer_gate(layer)
     kept = [layer_kept for layer_kept, _, _ in plan]
     changed = not all(kept) or [s[0] for s in sizes] != before_heads or [s[1] for s in sizes] != before_widths
     if not changed:

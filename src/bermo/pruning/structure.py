@@ -120,20 +120,38 @@ def gate_layer_output(layer, args, kwargs, output):
     return (gated, *output[1:]) if isinstance(output, tuple) else gated
 
 
-class EncoderStructures:
-    """The structure masks of a model's encoder layers, by kind: {"head": [StructureMask per layer], ...}, and the
-    hooks of the layer gates (removed by `remove_hooks`)."""
+def remove_layer_gate(layer):
+    """Drop a layer's gate and its forward hook (found in the layer's hook table, so that this works on a copy of the
+    model too, e.g. the unsharded copy an FSDP run saves from)."""
+    for key, hook in list(layer._forward_hooks.items()):
+        if hook is gate_layer_output:
+            del layer._forward_hooks[key]
+            layer._forward_hooks_with_kwargs.pop(key, None)
+    if hasattr(layer, "layer_gate"):
+        del layer.layer_gate
 
-    def __init__(self, layers, masks, hooks):
-        self.layers, self.masks, self.hooks = layers, masks, hooks
+
+class EncoderStructures:
+    """The structure masks of a model's encoder layers, by kind: {"head": [StructureMask per layer], ...}."""
+
+    def __init__(self, layers, masks):
+        self.layers, self.masks = layers, masks
+
+    @classmethod
+    def of(cls, model, kinds):
+        """The masks a model's layers hold (set up by `mask_encoder_structures`, on this model or the one it was copied
+        from)."""
+        layers = encoder_layers(model)
+        found = {"head": lambda layer: getattr(layer.attention.output.dense, "structure", None),
+                 "neuron": lambda layer: getattr(layer.output.dense, "structure", None),
+                 "layer": lambda layer: getattr(layer, "layer_gate", None)}
+        masks = {kind: [found[kind](layer) for layer in layers] for kind in kinds}
+        if not layers or any(mask is None for masks in masks.values() for mask in masks):
+            raise ValueError(f"{type(model).__name__}: its encoder layers hold no {', '.join(kinds)} masks")
+        return cls(layers, masks)
 
     def all_masks(self):
         return [mask for masks in self.masks.values() for mask in masks]
-
-    def remove_hooks(self):
-        for hook in self.hooks:
-            hook.remove()
-        self.hooks = []
 
 
 def head_size_of(layer):
@@ -150,7 +168,6 @@ def mask_encoder_structures(model, kinds, method, mask_init="constant", mask_sca
     if config is not None and config.hidden_size % config.num_attention_heads:
         raise ValueError(f"--pruning_granularity {','.join(kinds)}: hidden_size {config.hidden_size} is not a multiple "
                          f"of num_attention_heads {config.num_attention_heads}; heads cannot be cut out whole")
-    masks, hooks = {kind: [] for kind in kinds}, []
     for layer in layers:
         device = layer.output.dense.weight.device
         if "head" in kinds:
@@ -158,16 +175,13 @@ def mask_encoder_structures(model, kinds, method, mask_init="constant", mask_sca
             heads = layer.attention.self.num_attention_heads
             structure = StructureMask(heads, method, mask_init, mask_scale, device)
             output.dense = GroupMaskedLinear.from_linear(output.dense, structure, head_size_of(layer))
-            masks["head"].append(structure)
         if "neuron" in kinds:
             structure = StructureMask(layer.output.dense.in_features, method, mask_init, mask_scale, device)
             layer.output.dense = GroupMaskedLinear.from_linear(layer.output.dense, structure, 1)
-            masks["neuron"].append(structure)
         if "layer" in kinds:
             layer.layer_gate = StructureMask(1, method, mask_init, mask_scale, device)
-            hooks.append(layer.register_forward_hook(gate_layer_output, with_kwargs=True))
-            masks["layer"].append(layer.layer_gate)
-    return EncoderStructures(layers, masks, hooks)
+            layer.register_forward_hook(gate_layer_output, with_kwargs=True)
+    return EncoderStructures.of(model, kinds)
 
 
 def _weight(linear):
