@@ -105,6 +105,9 @@ def test_a_head_mask_equals_removing_those_heads_from_attention(tiny_inputs):
 def test_export_then_reload_gives_the_masked_logits(tmp_path, tiny_inputs, kind, granularity, method, threshold):
     model, feature = pruned(kind, granularity, threshold, method)
     masked = logits(model, tiny_inputs)
+    with torch.no_grad():  # the representation the head reads (a tiny random head's logits hardly move)
+        masked_hidden = model.bert(**tiny_inputs).last_hidden_state
+        assert (masked_hidden - tiny(kind).bert(**tiny_inputs).last_hidden_state).abs().max() > 1e-3
     kept = feature.kept_structure()
     exported = feature.export(model)
     assert type(exported) is BermoForSequenceClassification  # a pruned BERT becomes BERMo (last-layer mix)
@@ -113,6 +116,9 @@ def test_export_then_reload_gives_the_masked_logits(tmp_path, tiny_inputs, kind,
     assert not any("scores" in name or "layer_gate" in name for name in saved)
     reloaded = BermoForSequenceClassification.from_pretrained(tmp_path).eval()
     assert (logits(reloaded, tiny_inputs) - masked).abs().max() <= 1e-4
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.bert(**tiny_inputs).last_hidden_state, masked_hidden, atol=1e-5,
+                                   rtol=1e-5)
     config = json.loads((tmp_path / "config.json").read_text())
     kept_layers = [index for index, (layer_kept, _, _) in enumerate(kept) if layer_kept]
     assert config["num_hidden_layers"] == len(kept_layers)
