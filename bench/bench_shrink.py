@@ -4,8 +4,8 @@ For each shape (random weights; the speed depends on the shapes only), a dense B
 the same model pruned to a fraction of its heads and FFN neurons in every layer (bermo.pruning, magnitude scores,
 --pruning_granularity head,neuron, the fraction as --final_threshold) and exported (heads and neurons removed,
 per-layer sizes in the config). Timed in one process, interleaved: model.eval(), torch.no_grad(), one forward of
-batch 1 x SEQ (4 x --repeats times) and BATCH x SEQ tokens (--repeats times), after --warmup; medians. Also the parameter count and the
-safetensors file size of each, saved with save_pretrained.
+batch 1 x SEQ (4 x --repeats times) and BATCH x SEQ tokens (--repeats times), after --warmup; medians. Also the
+parameter count and the safetensors file size of each, saved with save_pretrained.
 
     minilm     all-MiniLM-L6-v2's shape: 6 layers, hidden 384, 12 heads, FFN 1536
     bert-base  12 layers, hidden 768, 12 heads, FFN 3072

@@ -362,7 +362,8 @@ def test_a_4x_checkpoint_with_pruned_heads_converts_to_per_layer_head_counts(tmp
     folder.mkdir()
     config = {**source.config.to_dict(), "pruned_heads": {str(k): v for k, v in pruned.items()}}
     (folder / "config.json").write_text(json.dumps(config))
-    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
     convert(folder, tmp_path / "out", mix_init="last", show_progress=False, log=lambda *args: None)
     converted = BermoForSequenceClassification.from_pretrained(tmp_path / "out").eval()
     assert converted.config.layer_num_attention_heads == [2, 4, 3]

@@ -64,6 +64,6 @@ def load_source_model(source_class, folder, read_weights, **kwargs):
     with tempfile.TemporaryDirectory() as unpruned:
         fields.pop("pruned_heads")
         (Path(unpruned) / "config.json").write_text(json.dumps(fields))
-        save_file({name: tensor.contiguous() for name, tensor in state.items()}, str(Path(unpruned) / "model.safetensors"),
-                  metadata={"format": "pt"})
+        save_file({name: tensor.contiguous() for name, tensor in state.items()},
+                  str(Path(unpruned) / "model.safetensors"), metadata={"format": "pt"})
         return source_class.from_pretrained(unpruned, **kwargs)
