@@ -116,7 +116,10 @@ def gate_layer_output(layer, args, kwargs, output):
     gate = layer.layer_gate
     result = output[0] if isinstance(output, tuple) else output
     kept = gate.mask.to(torch.bool)
-    gated = torch.where(kept, result, hidden) + gate.straight_through() * (result - hidden)
+    straight_through = gate.straight_through()
+    if torch.is_tensor(straight_through):  # the model's dtype stays (a float32 score must not promote bf16 states)
+        straight_through = straight_through.to(result.dtype)
+    gated = torch.where(kept, result, hidden) + straight_through * (result - hidden)
     return (gated, *output[1:]) if isinstance(output, tuple) else gated
 
 
