@@ -168,6 +168,24 @@ def test_the_export_reads_the_model_it_is_given_like_fsdps_unsharded_copy(tiny_i
     torch.testing.assert_close(logits(exported, tiny_inputs), masked, atol=1e-5, rtol=1e-5)
 
 
+def test_a_layer_left_without_heads_or_neurons_keeps_one_of_each_with_zero_output(tiny_inputs):
+    model, feature = pruned("bermo", "head,neuron", 0.34, global_topk=True)
+    with torch.no_grad():
+        for kind in ("head", "neuron"):
+            for layer, mask in enumerate(feature.structures.masks[kind]):
+                mask.scores.fill_(1.0 if layer == 0 else -1.0)  # the global top 34% all lie in layer 0
+    feature.on_step(10)
+    with torch.no_grad():
+        masked = model.bert(**tiny_inputs).last_hidden_state
+    exported = feature.export(model)
+    assert exported.config.layer_num_attention_heads == [4, 1, 1]
+    assert exported.config.layer_intermediate_sizes == [37, 1, 1]
+    for layer in exported.bert.encoder.layer[1:]:
+        assert not bool(layer.attention.output.dense.weight.any()) and not bool(layer.output.dense.weight.any())
+    with torch.no_grad():
+        torch.testing.assert_close(exported.bert(**tiny_inputs).last_hidden_state, masked, atol=1e-5, rtol=1e-5)
+
+
 def test_layer_dropping_folds_the_mix_exactly(tiny_inputs):
     model, feature = pruned("bermo", "layer", 0.67)
     with torch.no_grad():
@@ -270,6 +288,7 @@ def test_finetune_structured_run_reaches_its_target_structure(tiny_bert, sst2_fi
     assert evaluations[0]["remaining_neuron_fraction"] > evaluations[-1]["remaining_neuron_fraction"] == 18 / 37
     assert evaluations[-1]["remaining_layer_fraction"] == 1 / 3 and evaluations[-1]["threshold"] == 0.5
     assert final["exported_encoder_parameters"] == layer_parameter_count(32, 8, 2, 18)
+    assert evaluations[-1]["remaining_encoder_fraction"] == final["exported_remaining_encoder_fraction"]
     reloaded = BermoForSequenceClassification.from_pretrained(out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
     sentences = read_dev(sst2_files / "glue" / "SST-2" / "dev.tsv", 32)
