@@ -4,6 +4,11 @@ The threshold (and lambda) follow the cubic schedule of Sanh et al., a pure func
 (`schedule_threshold`); the penalty is each matrix's mean (sigmoid(S) for l1, the gates' probability of being non-zero
 for l0), averaged over the matrices and multiplied by lambda(step) = final_lambda * threshold(step) / final_threshold,
 as emmental does.
+
+`PruningFeature` masks single weights (--pruning_granularity weight); `StructuredPruningFeature` (what
+`from_arguments` builds for head/neuron/layer) reuses its schedule, validation, penalty weight and resume checks, and
+masks whole structures instead: thresholds then count structures, and the export is the smaller model. Weight and
+structured masks do not combine (a weight mask's zeros would be left in the smaller model).
 """
 
 import math
