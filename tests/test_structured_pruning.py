@@ -387,6 +387,7 @@ def test_a_4x_checkpoint_with_pruned_heads_converts_to_per_layer_head_counts(tmp
     converted = BermoForSequenceClassification.from_pretrained(tmp_path / "out").eval()
     assert converted.config.layer_num_attention_heads == [2, 4, 3]
     assert "pruned_heads" not in json.loads((tmp_path / "out" / "config.json").read_text())
+    assert "keep [2, 4, 3] heads" in (tmp_path / "out" / "README.md").read_text()
     with torch.no_grad():
         expected = reference.bert(**tiny_inputs).last_hidden_state
         got = converted.bert(**tiny_inputs).last_hidden_state

@@ -485,6 +485,9 @@ def convert(
                      "`is_decoder` was cleared: this model attends in both directions, as BERT's encoder does, and its "
                      "outputs match the source's run that way, not its causal language-model outputs.")
         log(f"{source}: is_decoder=True cleared; converted as an encoder (attends in both directions)")
+    if heads_left(source_config):
+        notes.append(f"The source's attention heads were pruned (transformers 4.x `pruned_heads`); its layers keep "
+                     f"{heads_left(source_config)} heads, recorded as `layer_num_attention_heads`.")
     task = task or source_task
     model_class, _, head_prefixes, _ = TASKS[task]
     head_labels = source_head_labels(weights.shapes, head_prefixes) if task == source_task else None
