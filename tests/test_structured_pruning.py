@@ -392,3 +392,19 @@ def test_a_4x_checkpoint_with_pruned_heads_converts_to_per_layer_head_counts(tmp
         expected = reference.bert(**tiny_inputs).last_hidden_state
         got = converted.bert(**tiny_inputs).last_hidden_state
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_real_minilm_weights_shrink_to_the_masked_models_outputs(minilm_path, minilm_inputs, tmp_path):
+    model = BermoForSequenceClassification.from_pretrained(minilm_path, num_labels=2).eval()
+    feature = structured("head,neuron,layer", 0.5, method="magnitude")
+    model = feature.setup(model)
+    feature.on_step(10)
+    with torch.no_grad():
+        masked = model.bert(**minilm_inputs).last_hidden_state
+    exported = feature.export(model)
+    exported.save_pretrained(tmp_path)
+    reloaded = BermoForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert reloaded.config.num_hidden_layers == 3 and reloaded.config.layer_num_attention_heads == [6] * 3
+    assert reloaded.config.layer_intermediate_sizes == [768] * 3
+    with torch.no_grad():
+        assert (reloaded.bert(**minilm_inputs).last_hidden_state - masked).abs().max() <= 1e-4
