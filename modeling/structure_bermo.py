@@ -19,9 +19,6 @@ functions, nothing else.
 
 from torch import nn
 
-STRUCTURE_FIELDS = ("layer_num_attention_heads", "layer_intermediate_sizes", "kept_layers")
-
-
 def _is_count(value, low):
     return not isinstance(value, bool) and isinstance(value, int) and value >= low
 
