@@ -39,6 +39,8 @@ def tiny(kind="bermo", seed=0, **overrides):
 def structured(granularity, threshold, method="movement", steps=10, **extra):
     if method == "soft_movement":
         extra = {"regularization": "l1", "final_lambda": 1.0, "initial_threshold": 0.0, **extra}
+    if method == "l0":
+        extra = {"regularization": "l0", "final_lambda": 1.0, **extra}
     return PruningFeature.from_arguments(PruningArguments(
         pruning_method=method, pruning_granularity=granularity, final_threshold=threshold, **extra), steps)
 
@@ -57,7 +59,8 @@ def pruned(kind, granularity, threshold, method="movement", seed=0, global_topk=
     with torch.no_grad():
         for mask in feature.structures.all_masks():
             if hasattr(mask, "scores"):
-                mask.scores.copy_(torch.randn(mask.scores.shape, generator=generator))
+                spread = 3.0 if method == "l0" else 1.0  # l0: some gates at exactly 0
+                mask.scores.copy_(spread * torch.randn(mask.scores.shape, generator=generator))
     feature.on_step(10)
     return model, feature
 
@@ -100,6 +103,7 @@ def test_a_head_mask_equals_removing_those_heads_from_attention(tiny_inputs):
     ("bermo", "head,neuron", "movement", 0.5),
     ("bermo", "head,neuron,layer", "magnitude", 0.67),
     ("bermo", "head", "soft_movement", 0.5),
+    ("bermo", "head,neuron", "l0", 1.0),
     ("bert", "head,neuron,layer", "movement", 0.5),
 ])
 def test_export_then_reload_gives_the_masked_logits(tmp_path, tiny_inputs, kind, granularity, method, threshold):
@@ -182,6 +186,23 @@ def test_a_layer_left_without_heads_or_neurons_keeps_one_of_each_with_zero_outpu
     assert exported.config.layer_intermediate_sizes == [37, 1, 1]
     for layer in exported.bert.encoder.layer[1:]:
         assert not bool(layer.attention.output.dense.weight.any()) and not bool(layer.output.dense.weight.any())
+    with torch.no_grad():
+        torch.testing.assert_close(exported.bert(**tiny_inputs).last_hidden_state, masked, atol=1e-5, rtol=1e-5)
+
+
+def test_l0_gates_on_heads_and_neurons_sample_in_training_and_export_their_deterministic_values(tiny_inputs):
+    model, feature = pruned("bermo", "head,neuron", 1.0, method="l0")
+    gates = [mask.mask for mask in feature.structures.all_masks()]
+    assert any(bool((g == 0).any()) for g in gates) and any(bool(((g > 0) & (g < 1)).any()) for g in gates)
+    model.train()
+    first = model.bert(**tiny_inputs).last_hidden_state
+    assert not torch.equal(first, model.bert(**tiny_inputs).last_hidden_state)  # sampled gates
+    (first.sum() + feature.penalty(model)).backward()
+    assert all(bool((mask.scores.grad != 0).any()) for mask in feature.structures.all_masks())
+    model.eval()
+    with torch.no_grad():
+        masked = model.bert(**tiny_inputs).last_hidden_state
+    exported = feature.export(model)
     with torch.no_grad():
         torch.testing.assert_close(exported.bert(**tiny_inputs).last_hidden_state, masked, atol=1e-5, rtol=1e-5)
 
@@ -330,8 +351,8 @@ def test_trainer_path_prunes_structures_and_saves_the_smaller_model(tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--pruning_granularity", "head,attention"], "unknown 'attention'"),
     (["--pruning_granularity", "weight,head"], "weight does not combine"),
-    (["--pruning_method", "l0", "--regularization", "l0", "--final_lambda", "1", "--pruning_granularity", "head"],
-     "L0 gates on structures are not implemented"),
+    (["--pruning_method", "l0", "--regularization", "l0", "--final_lambda", "1", "--pruning_granularity",
+      "head,layer"], "L0 gates on whole layers are not implemented"),
     (["--pruning_granularity", "head", "--save_masks"], "--save_masks: only for --pruning_granularity weight"),
     (["--pruning_granularity", "layer", "--final_threshold", "0.2"], "keeps no layer of 3"),
 ])

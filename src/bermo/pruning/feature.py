@@ -18,10 +18,13 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 
 from ..arguments import (
-    MASK_INITS, PENALTY_METHODS, PRUNING_METHODS, STRUCTURED_METHODS, TOPK_METHODS, PruningArguments, changed_fields,
+    LAYER_METHODS, MASK_INITS, PENALTY_METHODS, PRUNING_METHODS, STRUCTURED_METHODS, TOPK_METHODS, PruningArguments,
+    changed_fields,
 )
 from ..features import TrainingFeature, register_feature
-from .masks import keep_count, kth_largest, l0_expected_nonzero, schedule_threshold, threshold_mask, topk_mask
+from .masks import (
+    keep_count, kth_largest, l0_expected_nonzero, l0_gates, schedule_threshold, threshold_mask, topk_mask,
+)
 from .modules import ENCODER_KEY, count_zeros, masked_modules
 from .patching import export_mask_scores, export_masked_model, load_mask_scores, mask_encoder_linears
 from .shrink import shrink_model
@@ -372,8 +375,11 @@ class StructuredPruningFeature(PruningFeature):
         super()._validate()
         granularity = ",".join(self.granularity)
         if self.method not in STRUCTURED_METHODS:
+            raise ValueError(f"--pruning_method {self.method} with --pruning_granularity {granularity}: choose "
+                             f"{', '.join(STRUCTURED_METHODS)}")
+        if "layer" in self.granularity and self.method not in LAYER_METHODS:
             raise ValueError(f"--pruning_method {self.method} with --pruning_granularity {granularity}: L0 gates on "
-                             f"structures are not implemented; choose {', '.join(STRUCTURED_METHODS)}")
+                             f"whole layers are not implemented; prune layers with {', '.join(LAYER_METHODS)}")
         if self.save_masks or self.mask_scores_file is not None:
             flag = "--save_masks" if self.save_masks else "--mask_scores_file"
             raise ValueError(f"{flag}: only for --pruning_granularity weight (a structured export is already the "
@@ -405,7 +411,9 @@ class StructuredPruningFeature(PruningFeature):
         return [mask.scores for mask in self.structures.all_masks() if hasattr(mask, "scores")]
 
     def _select(self, values):
-        """The 0/1 mask of structures with these values at the current threshold."""
+        """The mask of structures with these values at the current threshold (l0: the deterministic gates)."""
+        if self.method == "l0":
+            return l0_gates(values, training=False)
         if self.method == "soft_movement":
             return threshold_mask(values, self.threshold)
         return topk_mask(values, keep_count(self.threshold, values.numel()))
@@ -442,7 +450,7 @@ class StructuredPruningFeature(PruningFeature):
             "lambda": self.lam,
         }
         for kind, masks in self.structures.masks.items():
-            figures[f"remaining_{kind}_fraction"] = (sum(int(mask.mask.sum()) for mask in masks)
+            figures[f"remaining_{kind}_fraction"] = (sum(int((mask.mask != 0).sum()) for mask in masks)
                                                      / sum(mask.count for mask in masks))
         self._last_figures = figures
         return figures

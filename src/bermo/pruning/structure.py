@@ -12,6 +12,10 @@ Scores (Lagunas et al. 2021, block movement with one block per structure):
     movement       learned scores S, straight-through: dL/dS = dL/dmask = sum over the structure's weights of
                    dL/dW' * W (for a head, Michel et al.'s first-order head importance accumulated over training)
     soft_movement  the same scores, kept where sigmoid(S) > threshold, L1 penalty on sigmoid(S)
+    l0             a hard-concrete gate per head or neuron (CoFi's structured L0; sampled in training, deterministic
+                   in evaluation) with the expected-L0 penalty; the export keeps the structures whose gate is not 0
+                   and scales their output columns by it. Not for layers (a gate between 0 and 1 on a whole layer
+                   would not survive its removal or keeping).
     magnitude      the L2 norm of all the structure's weights (a head: its q/k/v rows and output columns; a neuron:
                    its intermediate row and output column; a layer: its six matrices)
 
@@ -23,6 +27,7 @@ import torch
 from torch import nn
 
 from ..arguments import STRUCTURES
+from .masks import l0_gates
 from .modules import init_scores
 from .patching import encoder_layers
 
@@ -65,7 +70,11 @@ class StructureMask(nn.Module):
         return self.scores - self.scores.detach()
 
     def gate(self):
-        """The mask, with the straight-through gradient to the scores; its value is exactly `mask`."""
+        """The mask, with the straight-through gradient to the scores; its value is exactly `mask`. For l0 the
+        hard-concrete gates themselves (sampled in training; in evaluation the deterministic ones, which `mask`
+        holds as of the last schedule update)."""
+        if self.method == "l0":
+            return l0_gates(self.scores, self.training)
         return self.mask + self.straight_through()
 
     def extra_repr(self):
