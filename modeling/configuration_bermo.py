@@ -7,6 +7,8 @@ This file travels with every BERMo checkpoint (`trust_remote_code=True`): it imp
 import torch
 from transformers import PretrainedConfig
 
+from .structure_bermo import validate_structure
+
 # Version of the BERMo code that wrote a checkpoint; recorded in its config.json.
 BERMO_VERSION = "0.1.0"
 
@@ -59,6 +61,14 @@ class BermoConfig(PretrainedConfig):
         mix_dropout (`float`, *optional*, defaults to 0.0):
             Layer dropout: in training, each representation is left out of the mix with this probability (the
             softmax is taken over the ones kept); at least one is always kept. Never applied in evaluation.
+        layer_num_attention_heads (`list[int]`, *optional*):
+            Attention heads of each encoder layer, for a structurally pruned model (see `structure_bermo.py`); the
+            head size stays `hidden_size / num_attention_heads`. Defaults to `num_attention_heads` everywhere.
+        layer_intermediate_sizes (`list[int]`, *optional*):
+            FFN width of each encoder layer, for a structurally pruned model. Defaults to `intermediate_size`.
+        kept_layers (`list[int]`, *optional*):
+            For a model whose layers were pruned: the 0-based indices, in the model it was pruned from, of the layers
+            it kept (a record; `num_hidden_layers` counts the kept layers).
     """
 
     model_type = "bermo"
@@ -87,6 +97,9 @@ class BermoConfig(PretrainedConfig):
         mix_trainable=True,
         mix_layer_norm=False,
         mix_dropout=0.0,
+        layer_num_attention_heads=None,
+        layer_intermediate_sizes=None,
+        kept_layers=None,
         **kwargs,
     ):
         if kwargs.get("is_decoder") or kwargs.get("add_cross_attention"):
@@ -114,6 +127,9 @@ class BermoConfig(PretrainedConfig):
         self.mix_trainable = mix_trainable
         self.mix_layer_norm = mix_layer_norm
         self.mix_dropout = mix_dropout
+        self.layer_num_attention_heads = None if layer_num_attention_heads is None else list(layer_num_attention_heads)
+        self.layer_intermediate_sizes = None if layer_intermediate_sizes is None else list(layer_intermediate_sizes)
+        self.kept_layers = None if kept_layers is None else list(kept_layers)
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self._validate_mix()
 
@@ -182,6 +198,7 @@ class BermoConfig(PretrainedConfig):
             or not 0.0 <= self.mix_dropout < 1.0
         ):
             raise ValueError(f"mix_dropout must be a probability in [0, 1), got {self.mix_dropout!r}")
+        validate_structure(self)
 
     @classmethod
     def from_dict(cls, config_dict, **kwargs):

@@ -34,6 +34,7 @@ from transformers.modeling_outputs import (
 from transformers.models.bert.modeling_bert import BertModel, BertPreTrainedModel
 
 from .configuration_bermo import BERMO_VERSION, BermoConfig
+from .structure_bermo import resize_encoder_layers
 
 try:  # transformers 5: masks from masking_utils, hidden states and attentions captured by transformers' own hooks
     from transformers.masking_utils import create_bidirectional_mask
@@ -230,6 +231,8 @@ class BermoModel(BermoPreTrainedModel, BertModel):
             # nothing and hold no parameters without gradients (which DDP refuses). Their weights in a BERT
             # checkpoint are reported as unexpected and skipped.
             del self.encoder.layer[max(self.layer_mix.layer_indices) :]
+            # a structurally pruned model's layers have their own head counts and FFN widths
+            resize_encoder_layers(self.encoder.layer, self.config)
         super().post_init()
 
     def _encoder_attention_mask(self, attention_mask, embedding_output, output_attentions):

@@ -63,7 +63,35 @@ def write(directory):
         folder = Path(directory) / class_name
         model.save_pretrained(folder)
         save_file(reference_outputs(model, auto_class), str(folder / "reference_outputs.safetensors"))
-    print(f"wrote {len(HEADS)} checkpoints under {directory} with transformers {transformers.__version__}")
+    write_shrunk(Path(directory) / SHRUNK)
+    print(f"wrote {len(HEADS) + 1} checkpoints under {directory} with transformers {transformers.__version__}")
+
+
+# A structurally pruned checkpoint: layers of different head counts and FFN widths, one layer dropped.
+SHRUNK = "shrunk"
+
+
+def write_shrunk(folder):
+    import bermo
+    from bermo.arguments import PruningArguments
+    from bermo.pruning import PruningFeature
+
+    torch.manual_seed(0)
+    config = bermo.BermoConfig(vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                               intermediate_size=37, max_position_embeddings=64, num_labels=3)
+    model = bermo.BermoForSequenceClassification(config)
+    feature = PruningFeature.from_arguments(PruningArguments(
+        pruning_method="movement", pruning_granularity="head,neuron,layer", final_threshold=0.67), 1)
+    model = feature.setup(model)
+    with torch.no_grad():
+        for mask in feature.structures.all_masks():
+            mask.scores.normal_()
+    feature.on_step(1)
+    model = feature.export(model)
+    assert model.config.layer_num_attention_heads and model.config.kept_layers, model.config
+    model.save_pretrained(folder)
+    save_file(reference_outputs(model, "AutoModelForSequenceClassification"),
+              str(folder / "reference_outputs.safetensors"))
 
 
 def check(directory):
@@ -97,7 +125,25 @@ def check(directory):
                 assert difference <= 1e-6, f"{class_name} {name} differs by {difference}"
             checked += 1
     check_outputs_and_training(Path(directory) / "BermoForSequenceClassification")
-    print(f"remote code OK: {checked} checkpoints, every auto_map entry, transformers {transformers.__version__}")
+    check_shrunk(Path(directory) / SHRUNK)
+    print(f"remote code OK: {checked} checkpoints and a structurally pruned one, every auto_map entry, "
+          f"transformers {transformers.__version__}")
+
+
+def check_shrunk(folder):
+    """The pruned checkpoint loads with its per-layer sizes and gives the exported model's outputs."""
+    import transformers
+
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)
+    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    config = model.config
+    heads = [layer.attention.self.query.out_features // (config.hidden_size // config.num_attention_heads)
+             for layer in model.base_model.encoder.layer]
+    assert heads == config.layer_num_attention_heads, (heads, config.layer_num_attention_heads)
+    outputs = reference_outputs(model, "AutoModelForSequenceClassification")
+    for name, expected in load_file(str(folder / "reference_outputs.safetensors")).items():
+        difference = (outputs[name] - expected).abs().max().item()
+        assert difference <= 1e-5, f"shrunk {name} differs by {difference}"
 
 
 def check_outputs_and_training(folder):

@@ -27,6 +27,9 @@ TOPK_METHODS = ("magnitude", "movement")
 PENALTY_METHODS = ("soft_movement", "l0")
 REGULARIZATIONS = ("l1", "l0")
 MASK_INITS = ("constant", "uniform", "kaiming")
+STRUCTURES = ("head", "neuron", "layer")  # --pruning_granularity: weight, or a comma-separated set of these
+STRUCTURED_METHODS = PRUNING_METHODS  # l0 on heads and neurons; layers take the others
+LAYER_METHODS = TOPK_METHODS + ("soft_movement",)
 
 # The mix gets its own learning rate: with Adam a parameter moves about `lr` per step whatever its gradient, so at a
 # backbone rate of 1e-4 the mix logits would move ~0.004 in 40 steps (softmax weights by < 0.001): frozen in practice.
@@ -130,6 +133,13 @@ class PruningArguments:
     pruning_method: Optional[Literal[PRUNING_METHODS]] = _help(
         "magnitude (top |W|), movement (top learned scores), soft_movement (sigmoid(scores) > threshold, L1 penalty) "
         "or l0 (hard-concrete gates, L0 penalty); default: no pruning (e.g. --pruning_method movement)", default=None)
+    pruning_granularity: str = _help(
+        "what is pruned: weight (single weights; the export is a dense checkpoint with zeros) or a comma-separated "
+        "set of head, neuron, layer (whole attention heads, FFN neurons, encoder layers; the export is a smaller "
+        "model, a BERMo checkpoint with per-layer sizes). With structures the thresholds count structures: "
+        "--final_threshold is the kept fraction of heads, of neurons, of layers (per layer, or over all layers with "
+        "--global_topk; layers always over all). weight does not combine with the others; l0 gates heads and neurons, "
+        "not layers (e.g. --pruning_method movement --pruning_granularity head,neuron --final_threshold 0.5)", default="weight")
     initial_threshold: Optional[float] = _help(
         "threshold at the start: for magnitude/movement the fraction of each matrix kept, in (0, 1]; for "
         "soft_movement the threshold on sigmoid(scores), in [0, 1); for l0 it only shapes lambda, in (0, 1]. "

@@ -33,6 +33,7 @@ from transformers.utils import WEIGHTS_NAME as TORCH_WEIGHTS_NAME
 
 from ._errors import one_line
 from .hub import PublishError, push_to_hub
+from .pruned_heads import heads_left, load_source_model
 from .modeling.configuration_bermo import BermoConfig
 from .modeling.modeling_bermo import (
     BermoForMultipleChoice,
@@ -392,6 +393,9 @@ def bermo_config_for(source_config, task, num_labels, mix_init, mix_layers):
     fields.pop("dtype", None)
     fields.pop("is_decoder", None)  # a decoder without cross-attention converts as an encoder (checked by the caller)
     fields.pop("add_cross_attention", None)
+    if fields.get("pruned_heads"):  # a transformers 4.x checkpoint whose heads were pruned: per-layer head counts
+        fields["layer_num_attention_heads"] = heads_left(fields)
+    fields.pop("pruned_heads", None)
     if num_labels is not None and "id2label" in fields and len(fields["id2label"]) != num_labels:
         fields.pop("id2label")
         fields.pop("label2id", None)
@@ -481,6 +485,9 @@ def convert(
                      "`is_decoder` was cleared: this model attends in both directions, as BERT's encoder does, and its "
                      "outputs match the source's run that way, not its causal language-model outputs.")
         log(f"{source}: is_decoder=True cleared; converted as an encoder (attends in both directions)")
+    if heads_left(source_config):
+        notes.append(f"The source's attention heads were pruned (transformers 4.x `pruned_heads`); its layers keep "
+                     f"{heads_left(source_config)} heads, recorded as `layer_num_attention_heads`.")
     task = task or source_task
     model_class, _, head_prefixes, _ = TASKS[task]
     head_labels = source_head_labels(weights.shapes, head_prefixes) if task == source_task else None
@@ -636,6 +643,11 @@ def verification_inputs(folder, vocab_size):
     return {"input_ids": input_ids, "attention_mask": attention_mask}, "random token ids (no tokenizer)"
 
 
+def read_state_dict(folder):
+    weights = SourceWeights(find_weights(Path(folder)))
+    return {name: weights[name] for name in weights.shapes}
+
+
 def verify_conversion(source_folder, output_folder, task, plan, dtype, log=print):
     """Reload the output and compare it with the source on a few inputs; raise ConversionError on a mismatch.
 
@@ -651,7 +663,8 @@ def verify_conversion(source_folder, output_folder, task, plan, dtype, log=print
 
     source_class = getattr(transformers, TASKS[task][1] if head_converted else "BertModel")
     # is_decoder=False: a BertLMHeadModel source is compared as the encoder it was converted to
-    source_model = source_class.from_pretrained(source_folder, dtype=torch.float32, is_decoder=False).eval()
+    source_model = load_source_model(source_class, source_folder, read_state_dict, dtype=torch.float32,
+                                     is_decoder=False).eval()
     output_model = TASKS[task][0].from_pretrained(output_folder, dtype=torch.float32).eval()
     inputs, kind = verification_inputs(source_folder, source_model.config.vocab_size)
     if task == "multiple-choice" and head_converted:

@@ -10,6 +10,10 @@
     trainer.train()
     trainer.save_model("out")   # the final save exports: masks applied, scores dropped (a plain checkpoint)
 
+Structured pruning the same way: `PruningFeature.from_arguments(PruningArguments(pruning_method="movement",
+pruning_granularity="head,neuron", final_threshold=0.5), max_train_steps=1000)`; its final save writes the smaller
+model (heads and neurons removed, per-layer sizes in the config).
+
 `FeatureTrainer` is a `Trainer` whose features hook in where bermo's own loop calls them: `setup` when the trainer is
 built, their `parameter_groups` in the optimizer, `on_step` before and after each step (`FeatureCallback`), `training_loss` and
 `penalty` in `compute_loss` (training only), `eval_figures` logged with each evaluation, and `before_save` /

@@ -4,6 +4,11 @@ The threshold (and lambda) follow the cubic schedule of Sanh et al., a pure func
 (`schedule_threshold`); the penalty is each matrix's mean (sigmoid(S) for l1, the gates' probability of being non-zero
 for l0), averaged over the matrices and multiplied by lambda(step) = final_lambda * threshold(step) / final_threshold,
 as emmental does.
+
+`PruningFeature` masks single weights (--pruning_granularity weight); `StructuredPruningFeature` (what
+`from_arguments` builds for head/neuron/layer) reuses its schedule, validation, penalty weight and resume checks, and
+masks whole structures instead: thresholds then count structures, and the export is the smaller model. Weight and
+structured masks do not combine (a weight mask's zeros would be left in the smaller model).
 """
 
 import math
@@ -12,11 +17,20 @@ from pathlib import Path
 import torch
 from accelerate.utils import extract_model_from_parallel
 
-from ..arguments import MASK_INITS, PENALTY_METHODS, PRUNING_METHODS, TOPK_METHODS, PruningArguments, changed_fields
+from ..arguments import (
+    LAYER_METHODS, MASK_INITS, PENALTY_METHODS, PRUNING_METHODS, STRUCTURED_METHODS, TOPK_METHODS, PruningArguments,
+    changed_fields,
+)
 from ..features import TrainingFeature, register_feature
-from .masks import keep_count, kth_largest, l0_expected_nonzero, schedule_threshold
-from .modules import count_zeros, masked_modules
+from .masks import (
+    keep_count, kth_largest, l0_expected_nonzero, l0_gates, schedule_threshold, threshold_mask, topk_mask,
+)
+from .modules import ENCODER_KEY, count_zeros, masked_modules
 from .patching import export_mask_scores, export_masked_model, load_mask_scores, mask_encoder_linears
+from .shrink import shrink_model
+from .structure import (
+    EncoderStructures, kept_parameter_counts, kept_structure, magnitudes, mask_encoder_structures, parse_granularity,
+)
 
 DEFAULTS = {  # per-method defaults of the flags left unset (emmental's README recipes)
     "initial_threshold": {"magnitude": 1.0, "movement": 1.0, "soft_movement": 0.0, "l0": 1.0},
@@ -58,6 +72,7 @@ class PruningFeature(TrainingFeature):
         self.global_topk = bool(arguments.global_topk)
         self.freeze_embeddings, self.save_masks = bool(arguments.freeze_embeddings), bool(arguments.save_masks)
         self.mask_scores_file = None if arguments.mask_scores_file is None else Path(arguments.mask_scores_file)
+        self.granularity = parse_granularity(arguments.pruning_granularity)
         self._validate()
         self.step = 0
         self.threshold, self.lam = self._schedule(0)
@@ -73,10 +88,15 @@ class PruningFeature(TrainingFeature):
             if unused:
                 raise ValueError(f"--{next(iter(unused))} needs --pruning_method")
             return None
+        if parse_granularity(arguments.pruning_granularity) != ("weight",):
+            return StructuredPruningFeature(arguments, max_train_steps)
         return cls(arguments, max_train_steps)
 
     def _validate(self):
         method = self.method
+        if self.granularity != ("weight",) and not isinstance(self, StructuredPruningFeature):
+            raise ValueError(f"--pruning_granularity {','.join(self.granularity)}: build the feature with "
+                             "PruningFeature.from_arguments(...) (or StructuredPruningFeature)")
         for name, value in (("initial_threshold", self.initial_threshold), ("final_threshold", self.final_threshold)):
             if method == "soft_movement":
                 low_ok = value >= 0 if name == "initial_threshold" else value > 0
@@ -142,11 +162,13 @@ class PruningFeature(TrainingFeature):
         if saved_config is None:
             raise ValueError(f"--pruning_method {self.method}: the checkpoint is from a run without pruning")
         current = self.config()
+        defaults = {"pruning_granularity": "weight"}  # recorded only for structured runs
         for name in sorted(set(saved_config) | set(current)):
-            if saved_config.get(name) != current.get(name):
+            if saved_config.get(name, defaults.get(name)) != current.get(name, defaults.get(name)):
                 flag = "--max_train_steps" if name == "schedule_steps" else f"--{name}"
                 raise ValueError(f"resuming a pruning run with different pruning flags: {flag} was "
-                                 f"{saved_config.get(name)}, now {current.get(name)}")
+                                 f"{saved_config.get(name, defaults.get(name))}, now "
+                                 f"{current.get(name, defaults.get(name))}")
 
     @classmethod
     def describe_missing(cls, saved_config):
@@ -171,17 +193,20 @@ class PruningFeature(TrainingFeature):
         self._masked = mask_encoder_linears(model, self.method, self.mask_init, self.mask_scale)
         if self.mask_scores_file is not None:
             load_mask_scores(extract_model_from_parallel(model), self.mask_scores_file)
+        self._freeze_embeddings(model)
+        self._apply_schedule()
+        return model
+
+    def _freeze_embeddings(self, model):
         if self.freeze_embeddings:
             core = extract_model_from_parallel(model)
             embeddings = getattr(getattr(core, "base_model", core), "embeddings", None)
             if embeddings is not None:
                 embeddings.requires_grad_(False)
-        self._apply_schedule()
-        return model
 
     def parameter_groups(self, model):
         """Optimizer parameter groups of the mask scores: own learning rate, no weight decay ([] for magnitude)."""
-        scores = [module.mask_scores for _, module in masked_modules(model) if hasattr(module, "mask_scores")]
+        scores = self._scores(model)
         if not scores:
             return []
         return [{"params": scores, "lr": self.mask_scores_learning_rate, "weight_decay": 0.0}]
@@ -238,14 +263,17 @@ class PruningFeature(TrainingFeature):
 
     # ---- loss and figures ------------------------------------------------------------------------------------------
 
+    def _scores(self, model):
+        """The learned mask scores, one tensor per masked matrix ([] for magnitude)."""
+        return [module.mask_scores for _, module in masked_modules(model) if hasattr(module, "mask_scores")]
+
     def penalty(self, model):
         """lambda(step) * the mean over masked matrices of each matrix's mean sigmoid(S) (l1) or P(gate != 0) (l0);
         None for magnitude and movement."""
         if self.regularization is None:
             return None
         terms = []
-        for _, module in masked_modules(model):
-            scores = module.mask_scores
+        for scores in self._scores(model):
             terms.append((torch.sigmoid(scores) if self.regularization == "l1" else l0_expected_nonzero(scores)).mean())
         return self.lam * torch.stack(terms).mean()
 
@@ -298,16 +326,7 @@ class PruningFeature(TrainingFeature):
     def after_save(self, model, output_dir):
         """The real zeros of what was saved: OUTPUT_DIR's safetensors weights (or the exported model's state dict
         when no weights were written), as `exported_*` figures for final_metrics.json and the model card."""
-        from safetensors.torch import load_file
-
-        files = sorted(Path(output_dir).glob("model*.safetensors"))
-        if files:
-            state = {}
-            for file in files:
-                state.update(load_file(str(file)))
-        else:
-            state = extract_model_from_parallel(model).state_dict()
-        return {f"exported_{key}": value for key, value in count_zeros(state).items()}
+        return {f"exported_{key}": value for key, value in count_zeros(saved_state(model, output_dir)).items()}
 
     def card_info(self):
         """Method, thresholds, lambda and the measured remaining fractions (of the last evaluation), for the card."""
@@ -320,4 +339,152 @@ class PruningFeature(TrainingFeature):
             "lambda": self.lam,
             "remaining_encoder_fraction": figures.get("remaining_encoder_fraction"),
             "remaining_model_fraction": figures.get("remaining_model_fraction"),
+        }
+
+
+def saved_weight_files(output_dir):
+    return sorted(Path(output_dir).glob("model*.safetensors"))
+
+
+def saved_state(model, output_dir):
+    """OUTPUT_DIR's safetensors weights, or the model's state dict when no weights were written."""
+    from safetensors.torch import load_file
+
+    files = saved_weight_files(output_dir)
+    if not files:
+        return extract_model_from_parallel(model).state_dict()
+    state = {}
+    for file in files:
+        state.update(load_file(str(file)))
+    return state
+
+
+class StructuredPruningFeature(PruningFeature):
+    """Prune whole attention heads, FFN neurons and encoder layers (--pruning_granularity head,neuron,layer); the
+    export removes them (`bermo.pruning.shrink`). The masks, scores and their ranking: `bermo.pruning.structure`.
+
+    The schedule, warm-ups, penalty weight and resuming are the weight-level feature's; thresholds count structures.
+    """
+
+    def __init__(self, arguments, max_train_steps):
+        super().__init__(arguments, max_train_steps)
+        self.structures = None
+        self._dense_encoder_parameters = None
+
+    def _validate(self):
+        super()._validate()
+        granularity = ",".join(self.granularity)
+        if self.method not in STRUCTURED_METHODS:
+            raise ValueError(f"--pruning_method {self.method} with --pruning_granularity {granularity}: choose "
+                             f"{', '.join(STRUCTURED_METHODS)}")
+        if "layer" in self.granularity and self.method not in LAYER_METHODS:
+            raise ValueError(f"--pruning_method {self.method} with --pruning_granularity {granularity}: L0 gates on "
+                             f"whole layers are not implemented; prune layers with {', '.join(LAYER_METHODS)}")
+        if self.save_masks or self.mask_scores_file is not None:
+            flag = "--save_masks" if self.save_masks else "--mask_scores_file"
+            raise ValueError(f"{flag}: only for --pruning_granularity weight (a structured export is already the "
+                             "smaller model)")
+
+    def config(self):
+        return {**super().config(), "pruning_granularity": ",".join(self.granularity)}
+
+    def card_info(self):
+        return {**super().card_info(), "pruning_granularity": ",".join(self.granularity)}
+
+    def setup(self, model):
+        """Give every encoder layer its structure masks (in place); returns the model."""
+        self.structures = mask_encoder_structures(extract_model_from_parallel(model), self.granularity, self.method,
+                                                  self.mask_init, self.mask_scale)
+        layers = len(self.structures.layers)
+        if "layer" in self.granularity and self.method != "soft_movement" and keep_count(self.final_threshold,
+                                                                                           layers) < 1:
+            raise ValueError(f"--final_threshold {self.final_threshold}: keeps no layer of {layers} (at least "
+                             f"{1 / layers:.3g} keeps one)")
+        self._dense_encoder_parameters = kept_parameter_counts(self.structures)[1]
+        self._freeze_embeddings(model)
+        self._apply_schedule()
+        return model
+
+    def _scores(self, model):
+        if self.structures is None:
+            return []
+        return [mask.scores for mask in self.structures.all_masks() if hasattr(mask, "scores")]
+
+    def _select(self, values):
+        """The mask of structures with these values at the current threshold (l0: the deterministic gates)."""
+        if self.method == "l0":
+            return l0_gates(values, training=False)
+        if self.method == "soft_movement":
+            return threshold_mask(values, self.threshold)
+        return topk_mask(values, keep_count(self.threshold, values.numel()))
+
+    def _apply_schedule(self):
+        if self.structures is not None:
+            self._set_masks(self.structures)
+
+    @torch.no_grad()
+    def _set_masks(self, structures):
+        """Every structure mask at the current threshold, from the scores (or magnitudes) as they are."""
+        for kind, masks in structures.masks.items():
+            values = [magnitudes(layer, kind) if self.method == "magnitude" else mask.scores.detach().float()
+                      for layer, mask in zip(structures.layers, masks)]
+            if kind == "layer" or self.global_topk:  # one ranking over the model
+                selected = self._select(torch.cat(values)).split([mask.count for mask in masks])
+            else:
+                selected = [self._select(value) for value in values]
+            for mask, chosen in zip(masks, selected):
+                mask.mask.copy_(chosen)
+
+    @torch.no_grad()
+    def eval_figures(self, model):
+        """Remaining fractions of the encoder and model parameters as the export would have them, and of each kind of
+        structure; threshold and lambda."""
+        core = extract_model_from_parallel(model)
+        scores = {id(score) for score in self._scores(core)}
+        kept, dense = kept_parameter_counts(self.structures)
+        model_total = sum(p.numel() for p in core.parameters() if id(p) not in scores)
+        figures = {
+            "remaining_encoder_fraction": kept / dense,
+            "remaining_model_fraction": (model_total - dense + kept) / model_total,
+            "threshold": self.threshold,
+            "lambda": self.lam,
+        }
+        for kind, masks in self.structures.masks.items():
+            figures[f"remaining_{kind}_fraction"] = (sum(int((mask.mask != 0).sum()) for mask in masks)
+                                                     / sum(mask.count for mask in masks))
+        self._last_figures = figures
+        return figures
+
+    def kept_structure(self):
+        """[(layer kept, kept heads or None, kept neurons or None)] per encoder layer at the current setting."""
+        return kept_structure(self.structures)
+
+    def export(self, model):
+        """In place where it can: the masked heads, neurons and layers removed (see `shrink_model`), at the current
+        threshold from the given model's own scores or weights (it may be a copy of the trained one, e.g. the
+        unsharded copy an FSDP run saves from). Returns the model to save (for a BERT model whose structure changed, a
+        BERMo model). Call at the end of training."""
+        structures = EncoderStructures.of(extract_model_from_parallel(model), self.granularity)
+        self._set_masks(structures)
+        self.structures = None
+        return shrink_model(model, structures)
+
+    def after_save(self, model, output_dir):
+        """What was saved: parameters (all, encoder layers), safetensors bytes, the encoder layers' remaining fraction
+        against the model before pruning, and the kept structure (also recorded in the config)."""
+        state = saved_state(model, output_dir)
+        encoder = sum(tensor.numel() for name, tensor in state.items() if ENCODER_KEY.search(name))
+        config = extract_model_from_parallel(model).config
+        layers = config.num_hidden_layers
+        return {
+            "exported_parameters": sum(tensor.numel() for tensor in state.values()),
+            "exported_encoder_parameters": encoder,
+            "exported_safetensors_bytes": sum(file.stat().st_size for file in saved_weight_files(output_dir)),
+            "exported_remaining_encoder_fraction": encoder / self._dense_encoder_parameters,
+            "exported_num_hidden_layers": layers,
+            "exported_layer_num_attention_heads": (getattr(config, "layer_num_attention_heads", None)
+                                                   or [config.num_attention_heads] * layers),
+            "exported_layer_intermediate_sizes": (getattr(config, "layer_intermediate_sizes", None)
+                                                  or [config.intermediate_size] * layers),
+            "exported_kept_layers": getattr(config, "kept_layers", None) or list(range(layers)),
         }

@@ -25,6 +25,23 @@ ENCODER_MATRIX_KEY = re.compile(
 )
 
 
+@torch.no_grad()
+def init_scores(scores, mask_init, mask_scale):
+    """Fill a scores parameter as --mask_init and --mask_scale say (kaiming: as nn.Linear's weights; a 1-d tensor of
+    structure scores is treated as one row)."""
+    if mask_init == "constant":
+        nn.init.constant_(scores, mask_scale)
+    elif mask_init == "uniform":
+        nn.init.uniform_(scores, -mask_scale, mask_scale)
+    elif mask_init == "kaiming":
+        if scores.dim() == 1:
+            nn.init.kaiming_uniform_(scores.view(1, -1), a=math.sqrt(5))
+        else:
+            nn.init.kaiming_uniform_(scores, a=math.sqrt(5))
+    else:
+        raise ValueError(f"--mask_init {mask_init!r}: choose {', '.join(MASK_INITS)}")
+
+
 class MaskedLinear(nn.Linear):
     """nn.Linear whose weight is multiplied by a mask: same `weight`/`bias`, plus `mask_scores` (not for magnitude).
 
@@ -61,16 +78,8 @@ class MaskedLinear(nn.Linear):
             masked.init_scores(mask_init, mask_scale)
         return masked
 
-    @torch.no_grad()
     def init_scores(self, mask_init, mask_scale):
-        if mask_init == "constant":
-            nn.init.constant_(self.mask_scores, mask_scale)
-        elif mask_init == "uniform":
-            nn.init.uniform_(self.mask_scores, -mask_scale, mask_scale)
-        elif mask_init == "kaiming":
-            nn.init.kaiming_uniform_(self.mask_scores, a=math.sqrt(5))
-        else:
-            raise ValueError(f"--mask_init {mask_init!r}: choose {', '.join(MASK_INITS)}")
+        init_scores(self.mask_scores, mask_init, mask_scale)
 
     def _mask_source(self):
         return self.weight if self.method == "magnitude" else self.mask_scores
