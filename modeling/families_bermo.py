@@ -337,6 +337,7 @@ class BermoFamilyHeadMixin(BermoPreTrainedMixin):
     auto_class = None
 
     def __init__(self, config, *args, **kwargs):
+        _require_transformers_5(config)
         super().__init__(config, *args, **kwargs)
         vanilla = getattr(self, self.base_model_prefix)
         options = {}
@@ -351,17 +352,21 @@ class BermoFamilyHeadMixin(BermoPreTrainedMixin):
         return tuple(bermo_family_classes(self.family.model_type).values())
 
 
+def _require_transformers_5(config):
+    if capture_outputs is None:
+        raise ImportError(
+            f"BERMo on {config.backbone_model_type} needs transformers 5.5+ (this is {transformers.__version__}); "
+            "on transformers 4.x BERMo supports BERT only"
+        )
+
+
 def _make_family_classes(family):
     """The BERMo classes of one family: its backbone (AutoModel) and one class per head, each named Bermo + the
     family's class name (BermoRobertaModel, BermoRobertaForSequenceClassification, ...)."""
     vanilla_base = family.vanilla_class("AutoModel")
 
     def backbone_init(self, config, **options):
-        if capture_outputs is None:
-            raise ImportError(
-                f"BERMo on {config.backbone_model_type} needs transformers 5.5+ (this is {transformers.__version__}); "
-                "on transformers 4.x BERMo supports BERT only"
-            )
+        _require_transformers_5(config)
         self.mix_first_token_only = False
         vanilla_base.__init__(self, config, **options)
 
