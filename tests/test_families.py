@@ -200,3 +200,68 @@ def test_distilbert_names_agree_with_the_bert_names():
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (32, 3, 4)
     assert config.mix_layer_indices == [3]
     assert BermoConfig(backbone_model_type="distilbert", n_layers=2).num_hidden_layers == 2
+
+
+def save_vanilla(family, auto_class, folder, **overrides):
+    torch.manual_seed(0)
+    model = getattr(transformers, auto_class).from_config(tiny_family_config(family, num_labels=3, **overrides))
+    model.save_pretrained(folder)
+    return model
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_conversion_of_a_fine_tuned_head_is_verified_and_exact(family, tmp_path):
+    from bermo.conversion import convert
+
+    vanilla = save_vanilla(family, "AutoModelForSequenceClassification", tmp_path / "source").eval()
+    result = convert(tmp_path / "source", tmp_path / "out", mix_init="last", show_progress=False, log=lambda *_: None)
+    assert result.task == "sequence-classification" and result.plan.dropped == {}
+    assert result.verification["logits_max_abs_diff"] <= 1e-5
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["backbone_model_type"] == family
+    assert saved["architectures"] == [bermo_family_classes(family)["AutoModelForSequenceClassification"].__name__]
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").eval()
+    inputs = inputs_for("AutoModelForSequenceClassification")
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, vanilla(**inputs).logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["electra", "modernbert"])
+def test_conversion_of_a_pretraining_checkpoint_drops_its_head(family, tmp_path):
+    from bermo.conversion import convert
+
+    save_vanilla(family, "AutoModelForMaskedLM", tmp_path / "source")
+    result = convert(tmp_path / "source", tmp_path / "out", task="token-classification", num_labels=5,
+                     show_progress=False, log=lambda *_: None)
+    assert result.plan.dropped and set(result.plan.dropped.values()) == {
+        "head tensors of the source (pretraining or another task)"}
+    assert result.verification["hidden_states_max_abs_diff"] <= 1e-5
+    model = transformers.AutoModelForTokenClassification.from_pretrained(tmp_path / "out")
+    assert model.config.num_labels == 5
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "t5"])
+def test_conversion_refuses_decoders_and_encoder_decoders_in_one_line(model_type, tmp_path, capsys):
+    from bermo.conversion import main
+
+    torch.manual_seed(0)
+    config = transformers.AutoConfig.for_model(model_type, vocab_size=99, n_layer=2, n_embd=32, n_head=4,
+                                               d_model=32, num_layers=2, num_heads=4, d_ff=37, d_kv=8)
+    transformers.AutoModel.from_config(config).save_pretrained(tmp_path / "source")
+    capsys.readouterr()
+    assert main([str(tmp_path / "source"), str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert f"model_type '{model_type}' is not supported" in error and "roberta, xlm-roberta, electra" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_conversion_refuses_more_mixed_layers_than_the_family_has(tmp_path, capsys):
+    from bermo.conversion import main
+
+    save_vanilla("distilbert", "AutoModel", tmp_path / "source")
+    capsys.readouterr()
+    assert main([str(tmp_path / "source"), str(tmp_path / "out"), "--mix-layers", "0", "5"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "mix_layers index 5 is out of range for 3 layers" in error
+    assert not (tmp_path / "out").exists()
