@@ -263,7 +263,7 @@ class BermoConfig(PretrainedConfig):
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """Like `PretrainedConfig.from_pretrained`, but refuses a checkpoint that is neither BERMo nor an encoder family
         BERMo supports (`BACKBONE_MODEL_TYPES`)."""
-        config_dict, _ = cls.get_config_dict(pretrained_model_name_or_path, **dict(kwargs))
+        config_dict, remaining = cls.get_config_dict(pretrained_model_name_or_path, **dict(kwargs))
         model_type = config_dict.get("model_type")
         if model_type not in ("bermo", *BACKBONE_MODEL_TYPES):
             raise ValueError(
@@ -271,8 +271,8 @@ class BermoConfig(PretrainedConfig):
                 f"checkpoints and the encoder families {', '.join(BACKBONE_MODEL_TYPES)}"
             )
         if model_type not in ("bert", "bermo"):  # a vanilla checkpoint of another family: its fields, flat
-            backbone = CONFIG_MAPPING[model_type].from_pretrained(pretrained_model_name_or_path, **kwargs)
-            return cls.for_backbone(backbone)
+            backbone = CONFIG_MAPPING[model_type].from_dict(config_dict)
+            return cls.from_dict(cls.for_backbone(backbone).to_dict(), **remaining)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
 

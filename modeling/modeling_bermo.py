@@ -209,7 +209,8 @@ class BermoPreTrainedMixin:
             config_dict, _ = BermoConfig.get_config_dict(
                 pretrained_model_name_or_path, **{key: kwargs[key] for key in hub if key in kwargs}
             )
-            backbone_model_type = config_dict.get("backbone_model_type", "bert")
+            model_type = config_dict.get("model_type")  # a BERMo checkpoint, or a vanilla one of any family
+            backbone_model_type = config_dict.get("backbone_model_type", "bert") if model_type == "bermo" else model_type
         else:
             backbone_model_type = config.backbone_model_type
         if backbone_model_type == "bert":
