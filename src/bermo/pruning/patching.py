@@ -36,8 +36,8 @@ def mask_encoder_linears(model, method, mask_init="constant", mask_scale=0.0):
                 replaced.append(masked)
     if not replaced:
         name = type(extract_model_from_parallel(model)).__name__
-        raise ValueError(f"--pruning_method {method}: {name} has no encoder Linear layers to mask (expected BERT's "
-                         "base_model.encoder.layer)")
+        raise ValueError(f"--pruning_method {method}: {name} has no encoder Linear layers to mask (described for "
+                         "BERT, RoBERTa, XLM-R, ELECTRA and DeBERTa-v2: base_model.encoder.layer)")
     return replaced
 
 
