@@ -265,3 +265,70 @@ def test_conversion_refuses_more_mixed_layers_than_the_family_has(tmp_path, caps
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "mix_layers index 5 is out of range for 3 layers" in error
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_roberta(minilm_path, tmp_path_factory):
+    """A tiny random RoBERTa checkpoint with the MiniLM tokenizer (a WordPiece vocabulary: the mechanics are the same)."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("tiny-roberta")
+    torch.manual_seed(0)
+    config = tiny_family_config("roberta", vocab_size=30522, max_position_embeddings=128, pad_token_id=0)
+    transformers.RobertaForMaskedLM(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm_path / name, folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("model_type", ["bermo", "base"])
+def test_finetune_a_roberta_checkpoint_as_bermo_or_as_roberta(tiny_roberta, model_type, tmp_path):
+    from bermo.training import main
+
+    from conftest import REPO_ROOT
+
+    sample = REPO_ROOT / "data" / "sst2_sample"
+    out = tmp_path / "out"
+    code = main(["--model_name_or_path", str(tiny_roberta), "--output_dir", str(out), "--model_type", model_type,
+                 "--task_name", "sst2", "--glue_dir", str(sample), "--max_length", "32",
+                 "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "64", "--learning_rate", "1e-3",
+                 "--max_train_steps", "4", "--eval_steps", "4", "--seed", "3"])
+    assert code == 0
+    config = json.loads((out / "config.json").read_text())
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any(record["split"] == "validation" and 0 <= record["accuracy"] <= 1 for record in records)
+    if model_type == "bermo":
+        assert config["model_type"] == "bermo" and config["backbone_model_type"] == "roberta"
+        assert config["architectures"] == ["BermoRobertaForSequenceClassification"]
+        assert (out / "families_bermo.py").is_file() and (out / "layer_mix.json").is_file()
+    else:
+        assert config["model_type"] == "roberta" and config["architectures"] == ["RobertaForSequenceClassification"]
+
+
+@pytest.mark.parametrize("family", ["roberta", "xlm-roberta", "electra", "deberta-v2"])
+def test_unstructured_pruning_masks_the_described_encoder_linears(family):
+    from bermo.pruning import count_zeros
+    from bermo.pruning.patching import export_masked_model, mask_encoder_linears
+
+    _, model = vanilla_and_bermo(family, "AutoModelForSequenceClassification", mix_init="last")
+    masked = mask_encoder_linears(model, "magnitude")
+    assert len(masked) == 6 * 3  # query, key, value, attention output, intermediate, output in each of 3 layers
+    for module in masked:
+        module.keep = module.weight.numel() // 2
+    inputs = inputs_for("AutoModelForSequenceClassification")
+    model.eval()
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        plain = export_masked_model(model)
+        torch.testing.assert_close(plain(**inputs).logits, expected)
+    counts = count_zeros(plain.state_dict())
+    assert counts["zero_weights"] >= counts["encoder_matrix_weights"] // 2
+
+
+@pytest.mark.parametrize("family", ["distilbert", "modernbert"])
+def test_unstructured_pruning_refuses_families_whose_layers_are_not_described(family):
+    from bermo.pruning.patching import mask_encoder_linears
+
+    _, model = vanilla_and_bermo(family, "AutoModelForSequenceClassification")
+    with pytest.raises(ValueError, match="described for BERT, RoBERTa, XLM-R, ELECTRA and DeBERTa-v2"):
+        mask_encoder_linears(model, "magnitude")
