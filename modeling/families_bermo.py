@@ -203,7 +203,8 @@ class ModernBertFamily(BermoFamily):
         return backbone.final_norm
 
     def reads_first_token(self, auto_class, config):
-        return super().reads_first_token(auto_class, config) and config.classifier_pooling == "cls"
+        # (its multiple-choice head takes the first non-padding token: with left padding not the first position)
+        return auto_class == "AutoModelForSequenceClassification" and config.classifier_pooling == "cls"
 
 
 FAMILIES = {
@@ -338,6 +339,7 @@ class BermoFamilyHeadMixin(BermoPreTrainedMixin):
 
     def __init__(self, config, *args, **kwargs):
         _require_transformers_5(config)
+        checkpointing = getattr(config, "gradient_checkpointing", False)  # (post_init consumes the old flag)
         super().__init__(config, *args, **kwargs)
         vanilla = getattr(self, self.base_model_prefix)
         options = {}
@@ -347,6 +349,8 @@ class BermoFamilyHeadMixin(BermoPreTrainedMixin):
         backbone.mix_first_token_only = self.family.reads_first_token(self.auto_class, config)
         setattr(self, self.base_model_prefix, backbone)
         self.post_init()
+        if checkpointing and self.supports_gradient_checkpointing:
+            self.gradient_checkpointing_enable()
 
     def _bermo_model_classes(self):
         return tuple(bermo_family_classes(self.family.model_type).values())

@@ -67,6 +67,17 @@ def test_last_layer_init_equals_the_family_model(family, auto_class):
         assert (model(**inputs)[key] - expected[key]).abs().max() > 1e-6  # (equal above: ~1e-9)
 
 
+@pytest.mark.parametrize("auto_class", ["AutoModelForSequenceClassification", "AutoModelForMultipleChoice"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_left_padding_heads_equal_the_family_model(family, auto_class):
+    """(ModernBERT's multiple-choice head pools the first non-padding token: not the first position here.)"""
+    vanilla, model = vanilla_and_bermo(family, auto_class, mix_init="last")
+    inputs = inputs_for(auto_class)
+    inputs["attention_mask"] = inputs["attention_mask"].flip(-1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, vanilla(**inputs).logits, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_hidden_states_are_the_family_layers_and_the_mix_reads_them(family):
     vanilla, model = vanilla_and_bermo(family, "AutoModel", mix_layers=[0, 2])
