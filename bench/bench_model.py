@@ -107,6 +107,7 @@ def family_config(family, size):
                      hidden_dim=shape["intermediate_size"], dropout=0.0, attention_dropout=0.0)
     elif family == "modernbert":
         shape["intermediate_size"] = 1152 if size == "base" else 384  # its GLU doubles the first projection
+        shape.update(pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)  # (vocab below)
     else:
         shape.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     if family == "electra":
