@@ -336,6 +336,9 @@ class BermoFamilyHeadMixin(BermoPreTrainedMixin):
     family = None
     backbone_class = None
     auto_class = None
+    # the heads' losses are means over the batch: Trainer divides them by gradient accumulation (as for BERMo's BERT
+    # heads), instead of passing num_items_in_batch, which they would not use
+    accepts_loss_kwargs = False
 
     def __init__(self, config, *args, **kwargs):
         _require_transformers_5(config)

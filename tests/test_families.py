@@ -110,6 +110,7 @@ def test_deberta_selects_hidden_states_by_index():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_training_reaches_the_mix_and_the_losses_are_the_family_heads(family):
     _, model = vanilla_and_bermo(family, "AutoModelForSequenceClassification")
+    assert model.accepts_loss_kwargs is False  # Trainer then scales the loss for gradient accumulation
     model.train()
     inputs = inputs_for("AutoModelForSequenceClassification")
     loss = model(**inputs, labels=torch.tensor([0, 2, 1])).loss
