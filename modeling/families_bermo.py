@@ -36,12 +36,12 @@ from transformers.models.modernbert import modeling_modernbert
 from transformers.models.roberta import modeling_roberta
 from transformers.models.xlm_roberta import modeling_xlm_roberta
 
-from .modeling_bermo import BermoLayerMix, BermoMixAccumulator, BermoPreTrainedMixin, _return
+from .modeling_bermo import BermoLayerMix, BermoMixAccumulator, BermoModel, BermoPreTrainedMixin, _return
 
 try:  # transformers 5
     from transformers.masking_utils import create_bidirectional_mask, create_bidirectional_sliding_window_mask
     from transformers.utils.output_capturing import capture_outputs
-except ImportError:  # transformers 4.x: only BERT is supported there
+except ImportError:  # transformers 4.x: the families whose layers it calls as transformers 5 does (supports_transformers_4)
     create_bidirectional_mask = create_bidirectional_sliding_window_mask = capture_outputs = None
 
 HEAD_AUTO_CLASSES = (
@@ -61,6 +61,8 @@ class BermoFamily:
     name = None  # the family's class-name prefix: "Roberta" -> RobertaModel, RobertaForSequenceClassification, ...
     # Auto classes whose head reads only the first position (the mix then mixes that position only)
     first_token_heads = ("AutoModelForSequenceClassification", "AutoModelForMultipleChoice")
+    # whether it also runs on transformers 4.57 (layers returning tuples, BERT's mask helpers there)
+    supports_transformers_4 = True
 
     def layers(self, backbone):
         return backbone.encoder.layer
@@ -70,9 +72,10 @@ class BermoFamily:
             input_ids=input_ids, position_ids=position_ids, token_type_ids=token_type_ids, inputs_embeds=inputs_embeds
         )
 
-    def layer_context(self, backbone, hidden_state, attention_mask, position_ids):
-        """What every layer needs besides the hidden state (computed once per forward)."""
-        return create_bidirectional_mask(config=backbone.config, inputs_embeds=hidden_state, attention_mask=attention_mask)
+    def layer_context(self, backbone, hidden_state, attention_mask, position_ids, output_attentions):
+        """What every layer needs besides the hidden state (computed once per forward): here the attention mask, made
+        as for BERT's layers (transformers' own helpers, in 4.x and 5)."""
+        return BermoModel._encoder_attention_mask(backbone, attention_mask, hidden_state, output_attentions)
 
     def run_layer(self, backbone, index, layer, hidden_state, context, kwargs):
         return layer(hidden_state, context, **kwargs)
@@ -123,6 +126,10 @@ class ElectraFamily(BermoFamily):
 
 class DistilBertFamily(BermoFamily):
     model_type, module, name = "distilbert", modeling_distilbert, "DistilBert"
+    supports_transformers_4 = False
+
+    def layer_context(self, backbone, hidden_state, attention_mask, position_ids, output_attentions):
+        return create_bidirectional_mask(config=backbone.config, inputs_embeds=hidden_state, attention_mask=attention_mask)
 
     def layers(self, backbone):
         return backbone.transformer.layer
@@ -146,7 +153,7 @@ class DebertaV2Family(BermoFamily):
             inputs_embeds=inputs_embeds,
         )
 
-    def layer_context(self, backbone, hidden_state, attention_mask, position_ids):
+    def layer_context(self, backbone, hidden_state, attention_mask, position_ids, output_attentions):
         encoder = backbone.encoder
         return {
             "input_mask": attention_mask,
@@ -170,6 +177,7 @@ class ModernBertFamily(BermoFamily):
     with its mask and rotary embeddings."""
 
     model_type, module, name = "modernbert", modeling_modernbert, "ModernBert"
+    supports_transformers_4 = False
 
     def layers(self, backbone):
         return backbone.layers
@@ -177,7 +185,7 @@ class ModernBertFamily(BermoFamily):
     def embed(self, backbone, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds):
         return backbone.embeddings(input_ids=input_ids, inputs_embeds=inputs_embeds)
 
-    def layer_context(self, backbone, hidden_state, attention_mask, position_ids):
+    def layer_context(self, backbone, hidden_state, attention_mask, position_ids, output_attentions):
         arguments = dict(config=backbone.config, inputs_embeds=hidden_state, attention_mask=attention_mask)
         if position_ids is None:
             position_ids = torch.arange(hidden_state.shape[1], device=hidden_state.device).unsqueeze(0)
@@ -289,7 +297,7 @@ class BermoFamilyBackboneMixin(BermoPreTrainedMixin):
             attention_mask = torch.ones(shape, dtype=torch.long, device=device)
         family = self.family
         hidden_state = family.embed(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
-        context = family.layer_context(self, hidden_state, attention_mask, position_ids)
+        context = family.layer_context(self, hidden_state, attention_mask, position_ids, output_attentions)
         positions = {index: position for position, index in enumerate(self.layer_mix.layer_indices)}
         mix = BermoMixAccumulator(
             self.layer_mix, first_token_only=self.mix_first_token_only, normalize=family.normalization(self)
@@ -300,10 +308,10 @@ class BermoFamilyBackboneMixin(BermoPreTrainedMixin):
             mix.add(positions[0], hidden_state)
         for index, layer in enumerate(family.layers(self)):  # only the layers the mix reads are built
             output = family.run_layer(self, index, layer, hidden_state, context, kwargs)
-            if isinstance(output, tuple):
-                hidden_state, attention = output
+            if isinstance(output, tuple):  # (hidden state,) or (hidden state, attentions): DeBERTa-v2, transformers 4
+                hidden_state = output[0]
                 if attentions is not None:
-                    attentions.append(attention)
+                    attentions.append(output[1])
             else:
                 hidden_state = output
             if states is not None:
@@ -341,8 +349,8 @@ class BermoFamilyHeadMixin(BermoPreTrainedMixin):
     accepts_loss_kwargs = False
 
     def __init__(self, config, *args, **kwargs):
-        _require_transformers_5(config)
-        checkpointing = getattr(config, "gradient_checkpointing", False)  # (post_init consumes the old flag)
+        _require_supported_transformers(self.family, config)
+        self._bermo_building = True  # the family's __init__ ends with post_init: run once, with the mixing backbone
         super().__init__(config, *args, **kwargs)
         vanilla = getattr(self, self.base_model_prefix)
         options = {}
@@ -351,19 +359,23 @@ class BermoFamilyHeadMixin(BermoPreTrainedMixin):
         backbone = self.backbone_class(config, **options)
         backbone.mix_first_token_only = self.family.reads_first_token(self.auto_class, config)
         setattr(self, self.base_model_prefix, backbone)
+        self._bermo_building = False
         self.post_init()
-        if checkpointing and self.supports_gradient_checkpointing:
-            self.gradient_checkpointing_enable()
+
+    def post_init(self):
+        if not self._bermo_building:
+            super().post_init()
 
     def _bermo_model_classes(self):
         return tuple(bermo_family_classes(self.family.model_type).values())
 
 
-def _require_transformers_5(config):
-    if capture_outputs is None:
+def _require_supported_transformers(family, config):
+    if capture_outputs is None and not family.supports_transformers_4:
+        supported = ", ".join(name for name, each in FAMILIES.items() if each.supports_transformers_4)
         raise ImportError(
             f"BERMo on {config.backbone_model_type} needs transformers 5.5+ (this is {transformers.__version__}); "
-            "on transformers 4.x BERMo supports BERT only"
+            f"on transformers 4.x BERMo supports bert, {supported}"
         )
 
 
@@ -373,7 +385,7 @@ def _make_family_classes(family):
     vanilla_base = family.vanilla_class("AutoModel")
 
     def backbone_init(self, config, **options):
-        _require_transformers_5(config)
+        _require_supported_transformers(family, config)
         self.mix_first_token_only = False
         vanilla_base.__init__(self, config, **options)
 
