@@ -20,7 +20,8 @@ parameter-free layer norm on top). DeBERTa-v2 feeds the relative position embedd
 hidden states itself (no `output_hidden_states=[...]` index lists): its layers are called with them, and hidden
 states and attentions are collected here.
 
-Needs transformers 5 (its layers' call signatures and mask helpers). This file travels with every checkpoint
+RoBERTa, XLM-R, ELECTRA and DeBERTa-v2 also run on transformers 4.57; DistilBERT and ModernBERT need transformers 5
+(their 4.x layers take other arguments). This file travels with every checkpoint
 (`trust_remote_code=True`): it imports only `torch`, `transformers` and its sibling files, and defines classes.
 """
 
