@@ -738,14 +738,16 @@ def verify_conversion(source_folder, output_folder, task, plan, dtype, log=print
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="bermo-convert",
-        description="Upgrade a vanilla BERT checkpoint (folder or Hub model id) to a BERMo checkpoint that loads "
+        description="Upgrade a vanilla encoder checkpoint (BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT, DeBERTa-v2, "
+        "ModernBERT; folder or Hub model id) to a BERMo checkpoint that loads "
         "with trust_remote_code=True or with the bermo package installed.",
         epilog="example:\n  bermo-convert google-bert/bert-base-uncased ./bert-base-uncased-bermo --mix-init uniform\n"
         "  bermo-convert ./my-bert-sst2 ./my-bermo-sst2 --mix-init last   # exact: same logits as the source\n"
         "exit codes: 0 done, 2 bad input (nothing written).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("source", help="BERT checkpoint: a local folder or a Hub model id (e.g. google-bert/bert-base-uncased)")
+    parser.add_argument("source", help="encoder checkpoint: a local folder or a Hub model id (e.g. google-bert/bert-base-uncased, "
+                        "FacebookAI/roberta-base, microsoft/deberta-v3-base)")
     parser.add_argument("output_dir", help="folder to write the BERMo checkpoint to (refused if non-empty, unless --overwrite)")
     parser.add_argument(
         "--task", choices=list(TASKS),
