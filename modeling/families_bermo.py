@@ -352,6 +352,8 @@ class BermoFamilyHeadMixin(BermoPreTrainedMixin):
     def __init__(self, config, *args, **kwargs):
         _require_supported_transformers(self.family, config)
         self._bermo_building = True  # the family's __init__ ends with post_init: run once, with the mixing backbone
+        # (the family's own base model, built and replaced below, consumes this old config flag in its post_init)
+        checkpointing = getattr(config, "gradient_checkpointing", False)
         super().__init__(config, *args, **kwargs)
         vanilla = getattr(self, self.base_model_prefix)
         options = {}
@@ -362,6 +364,8 @@ class BermoFamilyHeadMixin(BermoPreTrainedMixin):
         setattr(self, self.base_model_prefix, backbone)
         self._bermo_building = False
         self.post_init()
+        if checkpointing and self.supports_gradient_checkpointing:
+            self.gradient_checkpointing_enable()
 
     def post_init(self):
         if not self._bermo_building:

@@ -373,3 +373,11 @@ def test_onnx_export_runs_in_onnxruntime_with_the_same_logits(family, tmp_path):
     # has no defined output, and runtimes differ there
     kept = inputs["attention_mask"].bool()
     torch.testing.assert_close(torch.from_numpy(logits)[kept], eager[kept], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["roberta", "modernbert"])
+def test_gradient_checkpointing_flag_of_a_config_reaches_the_mixing_backbone(family):
+    config = BermoConfig.for_backbone(tiny_family_config(family, num_labels=3))
+    config.gradient_checkpointing = True  # (the old way: post_init turns it on)
+    model = bermo_family_classes(family)["AutoModelForSequenceClassification"](config)
+    assert model.is_gradient_checkpointing and model.base_model.is_gradient_checkpointing
