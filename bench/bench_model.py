@@ -16,9 +16,16 @@ inputs, gradients and optimizer state (all allocated by the warm-up). On CUDA it
 writing "5" to /proc/self/clear_refs, and glibc is told to give freed blocks of 64 KiB or more back to the system,
 so that the resident set follows the live tensors).
 
+With `--family F` (roberta, xlm-roberta, electra, distilbert, deberta-v2, modernbert) the pair is that family's
+vanilla head (e.g. RobertaForSequenceClassification) and its BERMo head (BermoRobertaForSequenceClassification), on
+a random checkpoint of the family's own config at a common size (--family-size: "small", hidden 256, 4 layers,
+4 heads, FFN 1024, or "base", hidden 768, 12 layers, 12 heads, FFN 3072; ModernBERT's FFN 1152 at base), with the
+goals of issue 17: sequence-head inference peak ≤ 1.02x, token-head ≤ 1.10x, train step ≤ 1.03x.
+
 Usage (from the repository root):
     python bench/bench_model.py                 # bert-base size
     python bench/bench_model.py --tiny          # 2 layers, hidden 64: a smoke test that runs in seconds
+    python bench/bench_model.py --family roberta --family-size small --infer-batch 16 --infer-seq 128
 """
 
 import argparse
@@ -63,6 +70,8 @@ class Head:
     bermo_class: type
     per_token_labels: bool
     inference_peak_goal: str
+    inference_peak_limit: float = 1.10
+    family: str = "bert"
 
 
 HEADS = (
@@ -70,8 +79,44 @@ HEADS = (
          "≤ 1.10x (aim ≈ 1.00x)"),
     Head("token classification", BertForTokenClassification, BermoForTokenClassification, True, "≤ 1.10x"),
 )
-INFERENCE_PEAK_LIMIT = 1.10
 TRAIN_TIME_LIMIT = 1.03
+FAMILY_SIZES = {
+    "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+}
+
+
+def family_heads(family):
+    """The (vanilla, BERMo) pairs of a non-BERT family, with issue 17's goals."""
+    from bermo.modeling.families_bermo import FAMILIES, bermo_family_classes
+
+    classes = bermo_family_classes(family)
+    pairs = (("sequence classification", "AutoModelForSequenceClassification", False, "≤ 1.02x", 1.02),
+             ("token classification", "AutoModelForTokenClassification", True, "≤ 1.10x", 1.10))
+    return tuple(
+        Head(name, FAMILIES[family].vanilla_class(auto_class), classes[auto_class], per_token, goal, limit, family)
+        for name, auto_class, per_token, goal, limit in pairs
+    )
+
+
+def family_config(family, size):
+    """The family's own config at a common size, dropout 0 (a timing bench)."""
+    shape = dict(FAMILY_SIZES[size])
+    if family == "distilbert":
+        shape = dict(dim=shape["hidden_size"], n_layers=shape["num_hidden_layers"], n_heads=shape["num_attention_heads"],
+                     hidden_dim=shape["intermediate_size"], dropout=0.0, attention_dropout=0.0)
+    elif family == "modernbert":
+        shape["intermediate_size"] = 1152 if size == "base" else 384  # its GLU doubles the first projection
+        shape.update(pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)  # (vocab below)
+    else:
+        shape.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    if family == "electra":
+        shape["embedding_size"] = shape["hidden_size"] // 2
+    if family == "deberta-v2":  # as deberta-v3
+        shape.update(relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=256, norm_rel_ebd="layer_norm",
+                     max_relative_positions=-1)
+    shape["vocab_size"] = 30522  # the same embedding (and optimizer state) size for every family
+    return transformers.AutoConfig.for_model(family, **shape)
 
 
 @dataclass(frozen=True)
@@ -187,8 +232,10 @@ def measure(spec):
     on_cuda = spec.device.startswith("cuda")
     probe = CudaPeakProbe() if on_cuda else RssPeakProbe()
     synchronize = torch.cuda.synchronize if on_cuda else (lambda: None)
+    # (a family without SDPA attention, DeBERTa-v2, runs its own attention for both models)
+    attention = spec.attn_implementation if getattr(spec.model_class, "_supports_sdpa", False) else "eager"
     model = spec.model_class.from_pretrained(
-        spec.checkpoint, dtype=DTYPES[spec.dtype], attn_implementation=spec.attn_implementation
+        spec.checkpoint, dtype=DTYPES[spec.dtype], attn_implementation=attention
     ).to(spec.device)
     inputs, labels = _make_inputs(spec, model.config)
     step = _inference_step(model, inputs) if spec.mode == "inference" else _train_step(model, inputs, labels)
@@ -222,6 +269,11 @@ def parse_args(argv=None):
     parser.add_argument("--infer-seq", type=int, default=256)
     parser.add_argument("--train-batch", type=int, default=32)
     parser.add_argument("--train-seq", type=int, default=128)
+    parser.add_argument("--family", default="bert",
+                        choices=["bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2", "modernbert"],
+                        help="the encoder family to compare with its BERMo (default bert)")
+    parser.add_argument("--family-size", default="small", choices=sorted(FAMILY_SIZES),
+                        help="with --family other than bert: the common model size (default small)")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args(argv)
     on_cuda = args.device == "cuda"
@@ -238,7 +290,10 @@ def parse_args(argv=None):
 
 def save_random_bert(head, args, directory):
     """Save a randomly initialized BERT with `head`'s task head (dropout 0) and return its directory."""
-    config = BertConfig(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **(TINY_CONFIG if args.tiny else {}))
+    if head.family == "bert":
+        config = BertConfig(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **(TINY_CONFIG if args.tiny else {}))
+    else:
+        config = family_config(head.family, args.family_size)
     torch.manual_seed(0)
     path = Path(directory) / head.bert_class.__name__
     head.bert_class(config).save_pretrained(path)
@@ -267,7 +322,7 @@ def table_rows(head, results, args):
     infer = f"{args.infer_batch}x{args.infer_seq}"
     train = f"{args.train_batch}x{args.train_seq}"
     metrics = (
-        (f"inference {infer}: activation peak (MiB)", "inference", "peak_bytes", MIB, INFERENCE_PEAK_LIMIT,
+        (f"inference {infer}: activation peak (MiB)", "inference", "peak_bytes", MIB, head.inference_peak_limit,
          head.inference_peak_goal),
         (f"inference {infer}: median time (ms)", "inference", "median_s", 1e-3, None, "—"),
         (f"train step {train}: median time (ms)", "train", "median_s", 1e-3, TRAIN_TIME_LIMIT, "≤ 1.03x"),
@@ -288,7 +343,7 @@ def markdown_table(head, rows):
     lines = [
         f"### {head.name}: {head.bert_class.__name__} vs {head.bermo_class.__name__}",
         "",
-        "| metric | BERT | BERMo | ratio (BERMo/BERT) | goal |",
+        "| metric | vanilla | BERMo | ratio (BERMo/vanilla) | goal |",
         "|---|---:|---:|---:|---|",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -307,7 +362,9 @@ def environment(args):
         "device": device,
         "dtype": args.dtype,
         "attn_implementation": args.attn_implementation,
-        "model": ("tiny (" + ", ".join(f"{k}={v}" for k, v in TINY_CONFIG.items()) + ")") if args.tiny else "bert-base",
+        "model": (f"{args.family}, {args.family_size} (" + ", ".join(f"{k}={v}" for k, v in FAMILY_SIZES[args.family_size].items())
+                  + ")") if args.family != "bert" else
+                 ("tiny (" + ", ".join(f"{k}={v}" for k, v in TINY_CONFIG.items()) + ")") if args.tiny else "bert-base",
         "warmup": args.warmup,
         "repeats": args.repeats,
         "torch": torch.__version__,
@@ -328,7 +385,7 @@ def main(argv=None):
         max_workers=1, mp_context=context, max_tasks_per_child=1
     ) as executor:
         tables = []
-        for head in HEADS:
+        for head in HEADS if args.family == "bert" else family_heads(args.family):
             print(f"{head.name}:", file=sys.stderr, flush=True)
             results = run_head(head, args, executor, directory)
             rows = table_rows(head, results, args)

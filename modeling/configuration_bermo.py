@@ -6,6 +6,7 @@ This file travels with every BERMo checkpoint (`trust_remote_code=True`): it imp
 
 import torch
 from transformers import PretrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .structure_bermo import validate_structure
 
@@ -16,6 +17,10 @@ BERMO_VERSION = "0.1.0"
 # each of them, so the last layer's weight is exactly 1.0 in float32 and the mix equals the last layer to float
 # precision, while the others still receive a (tiny) gradient.
 LAST_INIT_OTHER_LOGIT = -20.0
+
+# The encoder families a BERMo model can be built on (`backbone_model_type`): transformers' model_type of each.
+# BERT is the original BERMo; the others are described in `families_bermo.py` (transformers 5).
+BACKBONE_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2", "modernbert")
 
 
 def parse_last_weight(mix_init):
@@ -69,6 +74,13 @@ class BermoConfig(PretrainedConfig):
         kept_layers (`list[int]`, *optional*):
             For a model whose layers were pruned: the 0-based indices, in the model it was pruned from, of the layers
             it kept (a record; `num_hidden_layers` counts the kept layers).
+        backbone_model_type (`str`, *optional*, defaults to `"bert"`):
+            The encoder family under the mix, as transformers' `model_type`: one of `BACKBONE_MODEL_TYPES` ("bert",
+            "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2", "modernbert"). For a family other than
+            BERT, the config also holds that family's own fields (flat, under their usual names): make it with
+            `BermoConfig.for_backbone(family_config, mix_...)` or by converting a checkpoint; fields left out take the
+            family's defaults. ModernBERT (pre-LN) mixes its representations after its final norm (see
+            `families_bermo.py`).
     """
 
     model_type = "bermo"
@@ -100,6 +112,7 @@ class BermoConfig(PretrainedConfig):
         layer_num_attention_heads=None,
         layer_intermediate_sizes=None,
         kept_layers=None,
+        backbone_model_type="bert",
         **kwargs,
     ):
         if kwargs.get("is_decoder") or kwargs.get("add_cross_attention"):
@@ -130,8 +143,62 @@ class BermoConfig(PretrainedConfig):
         self.layer_num_attention_heads = None if layer_num_attention_heads is None else list(layer_num_attention_heads)
         self.layer_intermediate_sizes = None if layer_intermediate_sizes is None else list(layer_intermediate_sizes)
         self.kept_layers = None if kept_layers is None else list(kept_layers)
+        self.backbone_model_type = backbone_model_type
         super().__init__(pad_token_id=pad_token_id, **kwargs)
+        if backbone_model_type not in BACKBONE_MODEL_TYPES:
+            raise ValueError(
+                f"backbone_model_type {backbone_model_type!r} is not supported; supported encoder families: "
+                f"{', '.join(BACKBONE_MODEL_TYPES)}"
+            )
+        if backbone_model_type != "bert":
+            self._complete_backbone_fields(kwargs)
         self._validate_mix()
+
+    def _complete_backbone_fields(self, given):
+        """A non-BERT family's fields: its defaults for those not given, its aliased names (DistilBERT's `dim` is
+        `hidden_size`) in agreement, and the values its config class derives in properties (ModernBERT's
+        `sliding_window`) stored plainly, since the family's modules read this config."""
+        family_class = CONFIG_MAPPING[self.backbone_model_type]
+        defaults = family_class().to_dict()
+        for key, value in defaults.items():
+            if key not in given and getattr(self, key, None) is None:
+                setattr(self, key, value)
+        for alias, name in getattr(family_class, "attribute_map", {}).items():
+            if name in given or alias not in given:
+                setattr(self, alias, getattr(self, name))
+            else:
+                setattr(self, name, getattr(self, alias))
+        derived = [name for name, member in vars(family_class).items() if isinstance(member, property)]
+        if derived:
+            backbone = self.backbone_config()
+            for name in derived:
+                setattr(self, name, getattr(backbone, name))
+
+    def backbone_config(self):
+        """The family's own config (e.g. `RobertaConfig`) with this config's values, mix fields left out."""
+        family_class = CONFIG_MAPPING[self.backbone_model_type]
+        fields = {
+            key: value
+            for key, value in self.to_dict().items()
+            if not key.startswith("mix_") and key not in ("model_type", "auto_map", "architectures", "bermo_version",
+                                                          "backbone_model_type", "transformers_version")
+        }
+        return family_class.from_dict(fields)
+
+    @classmethod
+    def for_backbone(cls, backbone_config, **kwargs):
+        """A BERMo config on `backbone_config`'s family (a `RobertaConfig`, `ModernBertConfig`, ...) and its values;
+        `kwargs` set the mix fields (and may override others)."""
+        fields = {
+            key: value
+            for key, value in backbone_config.to_dict().items()
+            if key not in ("model_type", "architectures", "transformers_version", "auto_map", "_name_or_path",
+                           "dtype", "torch_dtype")
+        }
+        for alias in getattr(type(backbone_config), "attribute_map", {}):
+            fields[alias] = getattr(backbone_config, alias)
+        fields.update(kwargs)
+        return cls(backbone_model_type=backbone_config.model_type, **fields)
 
     @property
     def mix_layer_indices(self):
@@ -211,15 +278,19 @@ class BermoConfig(PretrainedConfig):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Like `PretrainedConfig.from_pretrained`, but refuses a checkpoint that is not BERT or BERMo."""
-        config_dict, _ = cls.get_config_dict(pretrained_model_name_or_path, **dict(kwargs))
+        """Like `PretrainedConfig.from_pretrained`, but refuses a checkpoint that is neither BERMo nor an encoder family
+        BERMo supports (`BACKBONE_MODEL_TYPES`)."""
+        config_dict, remaining = cls.get_config_dict(pretrained_model_name_or_path, **dict(kwargs))
         model_type = config_dict.get("model_type")
-        if model_type not in ("bert", "bermo"):
+        if model_type not in ("bermo", *BACKBONE_MODEL_TYPES):
             raise ValueError(
-                f"{pretrained_model_name_or_path}: config model_type is {model_type!r}, not BERT-like; "
-                "BERMo loads only 'bert' and 'bermo' checkpoints"
+                f"{pretrained_model_name_or_path}: config model_type is {model_type!r}; BERMo loads 'bermo' "
+                f"checkpoints and the encoder families {', '.join(BACKBONE_MODEL_TYPES)}"
             )
+        if model_type not in ("bert", "bermo"):  # a vanilla checkpoint of another family: its fields, flat
+            backbone = CONFIG_MAPPING[model_type].from_dict(config_dict)
+            return cls.from_dict(cls.for_backbone(backbone).to_dict(), **remaining)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
 
-__all__ = ["BermoConfig"]
+__all__ = ["BACKBONE_MODEL_TYPES", "BermoConfig"]

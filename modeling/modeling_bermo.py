@@ -103,16 +103,19 @@ class BermoLayerMix(nn.Module):
 class BermoMixAccumulator:
     """The running sum of one forward pass, local to that call: `add` takes each mixed representation as it is made."""
 
-    def __init__(self, layer_mix, first_token_only):
+    def __init__(self, layer_mix, first_token_only, normalize=None):
         self.layer_mix = layer_mix
         self.weights, self.scale = layer_mix()
         self.first_token_only = first_token_only
+        self.normalize = normalize  # a module applied to every representation first (a pre-LN encoder's final norm)
         self.total = None
         self.output_dtype = None
 
     def add(self, position, hidden_state):
         if self.first_token_only:
             hidden_state = hidden_state[:, :1]
+        if self.normalize is not None:
+            hidden_state = self.normalize(hidden_state)
         self.output_dtype = hidden_state.dtype
         if self.layer_mix.layer_norm:
             hidden_state = F.layer_norm(hidden_state.float(), hidden_state.shape[-1:], eps=self.layer_mix.layer_norm_eps)
@@ -130,14 +133,14 @@ class BermoMixAccumulator:
         return (self.total * self.scale.to(self.total.device)).to(self.output_dtype)
 
 
-class BermoPreTrainedModel(BertPreTrainedModel):
+class BermoPreTrainedMixin:
+    """What every BERMo model has, whatever its encoder family (BERT here, the others in `families_bermo.py`): the
+    config class, the float32 mix and its initialization, the full `auto_map`, loading with clear errors."""
+
     config_class = BermoConfig
     config: BermoConfig
-    base_model_prefix = "bert"
-    supports_gradient_checkpointing = True
     # fp32 mix under fp16 and bf16 loading (`_strict` covers both; `from_pretrained` also restores it afterwards)
     _keep_in_fp32_modules_strict = ["layer_mix"]
-    _no_split_modules = ["BertEmbeddings", "BertLayer", "BermoLayerMix"]
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -165,6 +168,9 @@ class BermoPreTrainedModel(BertPreTrainedModel):
         A head whose `num_labels` differs from the checkpoint's is refused unless `ignore_mismatched_sizes=True`
         (then transformers re-initializes those tensors, as usual).
         """
+        family_class = cls._family_class_for(kwargs.get("config"), pretrained_model_name_or_path, kwargs)
+        if family_class is not None:
+            return family_class.from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         output_loading_info = kwargs.pop("output_loading_info", False)
         refuse_mismatched = not kwargs.get("ignore_mismatched_sizes")
         kwargs["ignore_mismatched_sizes"] = True
@@ -184,6 +190,36 @@ class BermoPreTrainedModel(BertPreTrainedModel):
         model.base_model.layer_mix.restore_from_config(model.config, reinitialize=mix_missing)
         return (model, loading_info) if output_loading_info else model
 
+    @classmethod
+    def _from_config(cls, config, **kwargs):
+        family_class = cls._family_class_for(config)
+        if family_class is not None:  # e.g. AutoModel.from_config on a RoBERTa-based BERMo config
+            return family_class._from_config(config, **kwargs)
+        return super()._from_config(config, **kwargs)
+
+    @classmethod
+    def _family_class_for(cls, config, pretrained_model_name_or_path=None, kwargs=None):
+        """For a BERT class given another family's config (the Auto classes map every BERMo config to the BERT
+        classes when our package is installed): the class of that family with the same head; else None."""
+        if cls not in BERMO_MODEL_CLASSES:
+            return None
+        if not isinstance(config, BermoConfig):
+            if pretrained_model_name_or_path is None or isinstance(config, transformers.PretrainedConfig):
+                return None
+            hub = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
+            config_dict, _ = BermoConfig.get_config_dict(
+                pretrained_model_name_or_path, **{key: kwargs[key] for key in hub if key in kwargs}
+            )
+            model_type = config_dict.get("model_type")  # a BERMo checkpoint, or a vanilla one of any family
+            backbone_model_type = config_dict.get("backbone_model_type", "bert") if model_type == "bermo" else model_type
+        else:
+            backbone_model_type = config.backbone_model_type
+        if backbone_model_type == "bert":
+            return None
+        from .families_bermo import bermo_family_classes
+
+        return bermo_family_classes(backbone_model_type)[cls._auto_class]
+
     def layer_mix_weights(self):
         """The mix as it stands: (softmax weight per mixed representation, scale), float32, detached.
 
@@ -197,12 +233,21 @@ class BermoPreTrainedModel(BertPreTrainedModel):
     def set_auto_map(self):
         """Point `config.auto_map` at AutoConfig, AutoModel and every head's Auto class, and record our version."""
         config_module = type(self.config).__module__.rsplit(".", 1)[-1]
-        model_module = type(self).__module__.rsplit(".", 1)[-1]
         auto_map = {"AutoConfig": f"{config_module}.{type(self.config).__name__}"}
-        for model_class in BERMO_MODEL_CLASSES:
-            auto_map[model_class._auto_class] = f"{model_module}.{model_class.__name__}"
+        for model_class in self._bermo_model_classes():
+            auto_map[model_class._auto_class] = f"{model_class.__module__.rsplit('.', 1)[-1]}.{model_class.__name__}"
         self.config.auto_map = auto_map
         self.config.bermo_version = BERMO_VERSION
+
+    def _bermo_model_classes(self):
+        """The classes of this model's family, one per Auto class."""
+        return BERMO_MODEL_CLASSES
+
+
+class BermoPreTrainedModel(BermoPreTrainedMixin, BertPreTrainedModel):
+    base_model_prefix = "bert"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["BertEmbeddings", "BertLayer", "BermoLayerMix"]
 
 
 class BermoModel(BermoPreTrainedModel, BertModel):
@@ -219,6 +264,11 @@ class BermoModel(BermoPreTrainedModel, BertModel):
             raise ImportError(
                 f"BERMo runs on transformers 4.57+ or 5.5+ (transformers.utils.output_capturing); this is "
                 f"transformers {transformers.__version__}: pip install 'transformers>=5.5'"
+            )
+        if getattr(config, "backbone_model_type", "bert") != "bert":
+            raise ValueError(
+                f"this BERMo config is on {config.backbone_model_type!r}, not BERT: build it with from_config / "
+                "from_pretrained (or families_bermo.bermo_family_classes), which pick that family's classes"
             )
         super().__init__(config, add_pooling_layer=add_pooling_layer)
 

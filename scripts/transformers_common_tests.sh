@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# transformers' own common model tests (ModelTesterMixin) against BERMo's five classes.
+# transformers' own common model tests (ModelTesterMixin) against BERMo's five classes, and against the RoBERTa,
+# DeBERTa-v2 and ModernBERT classes (tests/transformers_common/test_bermo_families_common.py).
 #
 # Downloads the sdist of the installed transformers version from PyPI (its tests/ folder holds
 # tests/test_modeling_common.py; nothing of it is kept in this repository), caches it under .cache/ (ignored by its
@@ -40,7 +41,7 @@ start=$SECONDS
 status=0
 BERMO_TRANSFORMERS_SDIST_TESTS="$PWD/$sdist/tests" BERMO_COMMON_TESTS_SUMMARY="$summary" RUN_SLOW=1 \
     "$PY" -m pytest -q -p no:cacheprovider -rfEs -W ignore::FutureWarning \
-    tests/transformers_common/test_bermo_common.py "$@" || status=$?
+    tests/transformers_common/test_bermo_common.py tests/transformers_common/test_bermo_families_common.py "$@" || status=$?
 counts="$(cat "$summary" 2>/dev/null || echo "no result")"
 echo "transformers $version common model tests on BERMo: $counts ($((SECONDS - start)) s)"
 exit "$status"

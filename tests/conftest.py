@@ -27,6 +27,33 @@ TINY_BERT = dict(
     attention_probs_dropout_prob=0.0,
 )
 
+# The encoder families BERMo supports besides BERT, each as a tiny random vanilla config (hidden 32, 3 layers, 4
+# heads); DeBERTa-v2 with relative attention, position buckets, relative-embedding layer norm and the first layer's
+# convolution (as deberta-v3), ModernBERT with a sliding window shorter than the test sequences.
+FAMILIES = ("roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2", "modernbert")
+
+
+def tiny_family_config(model_type, **overrides):
+    """A tiny vanilla config of one encoder family (transformers' own config class)."""
+    from transformers import AutoConfig
+
+    common = dict(vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
+                  max_position_embeddings=64)
+    fields = {
+        "roberta": dict(common, pad_token_id=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+        "xlm-roberta": dict(common, pad_token_id=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+        "electra": dict(common, embedding_size=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+        "distilbert": dict(vocab_size=99, dim=32, n_layers=3, n_heads=4, hidden_dim=37, max_position_embeddings=64,
+                           dropout=0.0, attention_dropout=0.0),
+        "deberta-v2": dict(common, relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=16,
+                           max_relative_positions=32, norm_rel_ebd="layer_norm", conv_kernel_size=3,
+                           hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+        "modernbert": dict(common, local_attention=4, global_attn_every_n_layers=2, pad_token_id=0, bos_token_id=1,
+                           eos_token_id=2, cls_token_id=1, sep_token_id=2),
+    }[model_type]
+    return AutoConfig.for_model(model_type, **{**fields, **overrides})
+
+
 SENTENCES = [
     "A quietly moving film with a terrific lead performance.",
     "The plot is thin and the jokes fall flat.",

@@ -3,10 +3,13 @@
     python tests/remote_code_roundtrip.py write DIR   # needs `bermo`: saves tiny heads + reference logits
     python tests/remote_code_roundtrip.py check DIR   # needs only torch + transformers + safetensors
 
-`check` loads every checkpoint in DIR through AutoConfig, AutoModel and every Auto class named in its `auto_map`
-with trust_remote_code=True, asserts the classes came from the checkpoint's own files (not an installed package)
-and that the outputs equal the reference saved by `write`. The test suite runs `check` in a process where `bermo`
-cannot be imported; CI also runs it under transformers 4.57 in a virtual environment without our package.
+`write` saves every head of BERT-based BERMo (DIR/<class>) and of every other supported encoder family
+(DIR/<family>/<class>: RoBERTa, XLM-R, ELECTRA, DistilBERT, DeBERTa-v2, ModernBERT). `check` loads every checkpoint in
+DIR through AutoConfig, AutoModel and every Auto class named in its `auto_map` with trust_remote_code=True, asserts
+the classes came from the checkpoint's own files (not an installed package) and are the ones `auto_map` names, and
+that the outputs equal the reference saved by `write`. The test suite runs `check` in a process where `bermo` cannot
+be imported; CI also runs it under transformers 4.57 in a virtual environment without our package. DistilBERT and
+ModernBERT need transformers 5: under 4.x, `check` asserts that loading them fails with that one-line message.
 """
 
 import argparse
@@ -43,6 +46,70 @@ def reference_outputs(model, auto_class):
     return {name: value for name, value in output.items() if isinstance(value, torch.Tensor)}
 
 
+FAMILY_AUTO_CLASSES = list(HEADS)
+NEEDS_TRANSFORMERS_5 = ("distilbert", "modernbert")  # BERMo on them refuses transformers 4.x, in one line
+
+
+def family_folders(directory):
+    """(family, folder holding its checkpoints) for every family other than BERT that `write` saved."""
+    return sorted((path.name, path) for path in Path(directory).iterdir() if (path / "family.json").is_file())
+
+
+def write_families(directory):
+    from conftest import FAMILIES, tiny_family_config
+
+    from bermo import BermoConfig
+    from bermo.modeling.families_bermo import bermo_family_classes
+
+    for family in FAMILIES:
+        for auto_class, model_class in bermo_family_classes(family).items():
+            num_labels = 2 if auto_class == "AutoModelForQuestionAnswering" else 3
+            config = BermoConfig.for_backbone(tiny_family_config(family, num_labels=num_labels), mix_layers=[0, -2, -1])
+            torch.manual_seed(0)
+            model = model_class(config)
+            with torch.no_grad():
+                model.base_model.layer_mix.logits.copy_(torch.tensor([0.5, -1.0, 2.0]))
+                model.base_model.layer_mix.scale.fill_(1.7)
+            folder = Path(directory) / family / model_class.__name__
+            model.save_pretrained(folder)
+            save_file(reference_outputs(model, auto_class), str(folder / "reference_outputs.safetensors"))
+        (Path(directory) / family / "family.json").write_text(json.dumps({"backbone_model_type": family}))
+
+
+def check_families(directory):
+    """Every family's checkpoints under transformers 5; under 4.x, the one-line refusal. Returns the count."""
+    import transformers
+
+    checked = 0
+    for family, family_folder in family_folders(directory):
+        for folder in sorted(path for path in family_folder.iterdir() if path.is_dir()):
+            auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+            assert set(HEADS) | {"AutoConfig"} <= set(auto_map), f"{folder}: auto_map lacks entries: {auto_map}"
+            auto_class = next(name for name, entry in auto_map.items() if entry.endswith("." + folder.name))
+            if int(transformers.__version__.split(".")[0]) < 5 and family in NEEDS_TRANSFORMERS_5:
+                try:
+                    getattr(transformers, auto_class).from_pretrained(folder, trust_remote_code=True)
+                except ImportError as error:
+                    assert "needs transformers 5.5+" in str(error), error
+                else:
+                    raise AssertionError(f"{folder} loaded under transformers {transformers.__version__}")
+                checked += 1
+                continue
+            reference = load_file(str(folder / "reference_outputs.safetensors"))
+            for loader in sorted({auto_class, "AutoModel"}):
+                model = getattr(transformers, loader).from_pretrained(folder, trust_remote_code=True)
+                assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+                assert type(model).__name__ == auto_map[loader].rsplit(".", 1)[1], (loader, type(model).__name__)
+                if loader != auto_class:
+                    continue
+                outputs = reference_outputs(model, auto_class)
+                for name, expected in reference.items():
+                    difference = (outputs[name] - expected).abs().max().item()
+                    assert difference <= 1e-6, f"{family} {folder.name} {name} differs by {difference}"
+            checked += 1
+    return checked
+
+
 def write(directory):
     import transformers
 
@@ -64,7 +131,9 @@ def write(directory):
         model.save_pretrained(folder)
         save_file(reference_outputs(model, auto_class), str(folder / "reference_outputs.safetensors"))
     write_shrunk(Path(directory) / SHRUNK)
-    print(f"wrote {len(HEADS) + 1} checkpoints under {directory} with transformers {transformers.__version__}")
+    write_families(directory)
+    print(f"wrote {len(HEADS)} BERT-based checkpoints, a structurally pruned one and every family's under "
+          f"{directory} with transformers {transformers.__version__}")
 
 
 # A structurally pruned checkpoint: layers of different head counts and FFN widths, one layer dropped.
@@ -126,10 +195,10 @@ def check(directory):
             checked += 1
     check_outputs_and_training(Path(directory) / "BermoForSequenceClassification")
     check_shrunk(Path(directory) / SHRUNK)
-    print(f"remote code OK: {checked} checkpoints and a structurally pruned one, every auto_map entry, "
-          f"transformers {transformers.__version__}")
-
-
+    families = check_families(directory)
+    refused = f" ({', '.join(NEEDS_TRANSFORMERS_5)}: refused with the transformers-5 message)" if transformers.__version__ < "5" else ""
+    print(f"remote code OK: {checked + families} checkpoints{refused} and a structurally pruned one, every auto_map "
+          f"entry, transformers {transformers.__version__}")
 def check_shrunk(folder):
     """The pruned checkpoint loads with its per-layer sizes and gives the exported model's outputs."""
     import transformers

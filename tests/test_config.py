@@ -81,10 +81,27 @@ def test_bad_values_name_the_field(kwargs, field):
         BermoConfig(**kwargs)
 
 
-@pytest.mark.parametrize("model_type", ["roberta", "gpt2"])
-def test_a_checkpoint_that_is_not_bert_like_is_refused(tmp_path, model_type):
+@pytest.mark.parametrize("model_type", ["gpt2", "t5"])
+def test_a_checkpoint_of_an_unsupported_family_is_refused(tmp_path, model_type):
     from transformers import AutoConfig
 
     AutoConfig.for_model(model_type).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=f"model_type is '{model_type}', not BERT-like"):
+    with pytest.raises(ValueError, match=f"model_type is '{model_type}'.*roberta, xlm-roberta, electra"):
         BermoConfig.from_pretrained(tmp_path)
+
+
+def test_a_supported_family_checkpoint_gives_its_fields_flat(tmp_path):
+    from transformers import DistilBertConfig
+
+    DistilBertConfig(dim=48, n_layers=2, n_heads=4, hidden_dim=64).save_pretrained(tmp_path)
+    config = BermoConfig.from_pretrained(tmp_path)
+    assert config.backbone_model_type == "distilbert"
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (48, 2, 4)
+    assert (config.dim, config.n_layers, config.hidden_dim) == (48, 2, 64)
+    reloaded = BermoConfig.from_dict(config.to_dict())
+    assert reloaded.backbone_config().to_dict()["dim"] == 48
+
+
+def test_an_unknown_backbone_is_refused_with_the_supported_list():
+    with pytest.raises(ValueError, match="backbone_model_type 'gpt2'.*bert, roberta"):
+        BermoConfig(backbone_model_type="gpt2")

@@ -165,10 +165,10 @@ def test_missing_source(tmp_path):
     assert_refused(tmp_path, env_args, "not found")
 
 
-@pytest.mark.parametrize("model_type", ["roberta", "gpt2"])
-def test_non_bert_config(tmp_path, model_type):
+@pytest.mark.parametrize("model_type", ["gpt2", "bart"])
+def test_unsupported_model_type(tmp_path, model_type):
     transformers.AutoConfig.for_model(model_type).save_pretrained(tmp_path / "source")
-    assert_refused(tmp_path, [str(tmp_path / "source"), str(tmp_path / "out")], f"model_type is '{model_type}'")
+    assert_refused(tmp_path, [str(tmp_path / "source"), str(tmp_path / "out")], f"model_type '{model_type}' is not supported")
 
 
 def test_only_tensorflow_weights(tmp_path):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-MODEL_TYPES = ("bermo", "bert")
+MODEL_TYPES = ("bermo", "base", "bert")  # "bert": the name "base" had before other families, kept as an alias
 LABEL_TYPES = ("regression", "classification")
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 PRUNING_METHODS = ("magnitude", "movement", "soft_movement", "l0")
@@ -67,10 +67,12 @@ class DataArguments:
 class ModelArguments:
     _argument_group_name = "model"
 
-    model_name_or_path: Optional[str] = _help("a BERT or BERMo checkpoint: folder or Hub id (required)", default=None)
+    model_name_or_path: Optional[str] = _help(
+        "a BERMo checkpoint or a vanilla one of a supported encoder family (BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT, "
+        "DeBERTa-v2, ModernBERT): folder or Hub id (required)", default=None)
     model_type: Literal[MODEL_TYPES] = _help(
-        "bermo (default; a BERT checkpoint is converted on the fly) or bert, for comparisons from the same weights",
-        default="bermo")
+        "bermo (default; a vanilla checkpoint is converted on the fly) or base: the vanilla model of the checkpoint's "
+        "family, for comparisons from the same weights ('bert' is an alias of base)", default="bermo")
     mix_init: str = _help(
         "initial layer mix when converting a BERT checkpoint on the fly: uniform (the paper's), last (all weight on "
         "the last layer: BERT's outputs), or last:P (weight P on the last layer, the rest spread evenly, e.g. "

@@ -1,4 +1,5 @@
-"""Upgrade a vanilla BERT checkpoint to a BERMo checkpoint.
+"""Upgrade a vanilla encoder checkpoint (BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT, DeBERTa-v2, ModernBERT) to a BERMo
+checkpoint.
 
     bermo-convert SOURCE OUTPUT_DIR [--task ...] [--num-labels N] [--mix-init uniform|last|last:P] ...
 
@@ -33,8 +34,9 @@ from transformers.utils import WEIGHTS_NAME as TORCH_WEIGHTS_NAME
 
 from ._errors import one_line
 from .hub import PublishError, push_to_hub
+from .family_conversion import FamilyConversion, unsupported_model_type
+from .modeling.configuration_bermo import BACKBONE_MODEL_TYPES, BermoConfig
 from .pruned_heads import heads_left, load_source_model
-from .modeling.configuration_bermo import BermoConfig
 from .modeling.modeling_bermo import (
     BermoForMultipleChoice,
     BermoForQuestionAnswering,
@@ -101,6 +103,46 @@ class ConversionError(Exception):
     """A problem with the input: reported as one line, exit code 2, nothing written."""
 
 
+class BertConversion:
+    """BERT's answers to `family_conversion.FamilyConversion`'s questions (TASKS, `plan_conversion`)."""
+
+    model_type = "bert"
+
+    def model_class(self, task):
+        return TASKS[task][0]
+
+    def vanilla_class(self, task):
+        import transformers
+
+        return getattr(transformers, TASKS[task][1])
+
+    def config(self, fields, **mix):
+        return BermoConfig(**fields, **mix)
+
+    def infer_task(self, source_config, source_shapes):
+        return infer_task(source_config, source_shapes)
+
+    def head_labels(self, source_config, source_task, task):
+        return source_head_labels(self._shapes, TASKS[task][2]) if task == source_task else None
+
+    def plan(self, source_shapes, target_model, task, keep_source_head):
+        target_shapes = {name: tuple(tensor.shape) for name, tensor in target_model.state_dict().items()}
+        target_prefix = "" if TASKS[task][0] is BermoModel else "bert."
+        return plan_conversion(source_shapes, target_shapes, TASKS[task][2], target_prefix, keep_source_head)
+
+    def comparable_hidden_states(self, model, hidden_states):
+        return hidden_states
+
+
+def conversion_family(source_config, source_shapes):
+    """The family-specific part of a conversion, from the source's model_type."""
+    if source_config.get("model_type") == "bert":
+        family = BertConversion()
+        family._shapes = source_shapes
+        return family
+    return FamilyConversion(source_config["model_type"])
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Reading the source
 
@@ -138,8 +180,8 @@ def read_source_config(folder):
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ConversionError(f"{config_path}: not valid JSON ({error})") from None
     model_type = config.get("model_type")
-    if model_type != "bert":
-        raise ConversionError(f"{folder}: model_type is {model_type!r}, not 'bert'; only BERT checkpoints convert")
+    if model_type not in BACKBONE_MODEL_TYPES:
+        raise unsupported_model_type(model_type, folder)
     return config
 
 
@@ -382,8 +424,10 @@ def mix_init_argument(value):
     return value
 
 
-def bermo_config_for(source_config, task, num_labels, mix_init, mix_layers):
-    """The BERMo config of the output: the source's BERT fields and labels, the mix, the head's label count."""
+def bermo_config_for(source_config, task, num_labels, mix_init, mix_layers, family=None):
+    """The BERMo config of the output: the source's fields (BERT's or its family's) and labels, the mix, the head's
+    label count."""
+    family = family or BertConversion()
     fields = {
         key: value
         for key, value in source_config.items()
@@ -402,10 +446,10 @@ def bermo_config_for(source_config, task, num_labels, mix_init, mix_layers):
     if num_labels is not None:
         fields["num_labels"] = num_labels
     try:
-        config = BermoConfig(**fields, mix_init=mix_init, mix_layers=mix_layers)
+        config = family.config(fields, mix_init=mix_init, mix_layers=mix_layers)
     except ValueError as error:
         raise ConversionError(f"invalid BERMo config: {one_line(error)}") from None
-    config.architectures = [TASKS[task][0].__name__]
+    config.architectures = [family.model_class(task).__name__]
     return config
 
 
@@ -472,7 +516,8 @@ def convert(
         raise ConversionError(f"output {output_dir} exists and is not empty; pass --overwrite to replace it")
     source_config = read_source_config(folder)
     weights = SourceWeights(find_weights(folder))
-    source_task, source_architecture = infer_task(source_config, weights.shapes)
+    family = conversion_family(source_config, weights.shapes)
+    source_task, source_architecture = family.infer_task(source_config, weights.shapes)
     cross_attention = [name for name in weights.shapes if CROSS_ATTENTION in name]
     if cross_attention or source_config.get("add_cross_attention"):
         raise ConversionError(
@@ -489,8 +534,8 @@ def convert(
         notes.append(f"The source's attention heads were pruned (transformers 4.x `pruned_heads`); its layers keep "
                      f"{heads_left(source_config)} heads, recorded as `layer_num_attention_heads`.")
     task = task or source_task
-    model_class, _, head_prefixes, _ = TASKS[task]
-    head_labels = source_head_labels(weights.shapes, head_prefixes) if task == source_task else None
+    model_class = family.model_class(task)
+    head_labels = family.head_labels(source_config, source_task, task)
     if head_labels is not None and num_labels is not None and task != "multiple-choice" and num_labels != head_labels:
         raise ConversionError(
             f"--num-labels {num_labels} conflicts with the source's fine-tuned {task} head, which has {head_labels}"
@@ -498,13 +543,12 @@ def convert(
     if task == "question-answering":
         num_labels = 2
     target_dtype = DTYPES[dtype]
-    config = bermo_config_for(source_config, task, num_labels, mix_init, mix_layers)
+    config = bermo_config_for(source_config, task, num_labels, mix_init, mix_layers, family)
 
     with torch.device("meta"):
         meta_model = model_class(config)
     target_shapes = {name: tuple(tensor.shape) for name, tensor in meta_model.state_dict().items()}
-    target_prefix = "" if model_class is BermoModel else "bert."
-    plan = plan_conversion(weights.shapes, target_shapes, head_prefixes, target_prefix, task == source_task)
+    plan = family.plan(weights.shapes, meta_model, task, task == source_task)
     log(f"{source} ({source_architecture}) -> {model_class.__name__}: {plan.summary()}")
 
     mix_logits = torch.tensor(config.initial_mix_logits(), dtype=torch.float32)
@@ -527,7 +571,7 @@ def convert(
         for name in TOKENIZER_FILES:
             if (folder / name).is_file():
                 shutil.copy2(folder / name, staging / name)
-        verification = verify_conversion(folder, staging, task, plan, target_dtype, log) if verify else None
+        verification = verify_conversion(folder, staging, task, plan, target_dtype, log, family) if verify else None
         from .model_card import converted_model_card
 
         converted_model_card(
@@ -648,24 +692,26 @@ def read_state_dict(folder):
     return {name: weights[name] for name in weights.shapes}
 
 
-def verify_conversion(source_folder, output_folder, task, plan, dtype, log=print):
+def verify_conversion(source_folder, output_folder, task, plan, dtype, log=print, family=None):
     """Reload the output and compare it with the source on a few inputs; raise ConversionError on a mismatch.
 
     Every backbone hidden state is compared. With `mix_init="last"` the output must also equal the source's: the
     head's outputs when the source's head was carried over, else the (mixed) last hidden state and the pooler output
     (when the source has a pooler).
     """
-    import transformers
-
+    family = family or BertConversion()
     new = " ".join(plan.initialized_on_load)
-    head_converted = task != "base" and not any(prefix in new for prefix in SOURCE_HEAD_PREFIXES)
+    head_converted = task != "base" and not any(
+        name.removeprefix(family.model_class(task).base_model_prefix + ".") == name for name in plan.initialized_on_load
+    )
     pooler_converted = "pooler." not in new
 
-    source_class = getattr(transformers, TASKS[task][1] if head_converted else "BertModel")
+    source_class = family.vanilla_class(task if head_converted else "base")
     # is_decoder=False: a BertLMHeadModel source is compared as the encoder it was converted to
+    decoder = {"is_decoder": False} if "is_decoder" in read_source_config(Path(source_folder)) else {}
     source_model = load_source_model(source_class, source_folder, read_state_dict, dtype=torch.float32,
-                                     is_decoder=False).eval()
-    output_model = TASKS[task][0].from_pretrained(output_folder, dtype=torch.float32).eval()
+                                     **decoder).eval()
+    output_model = family.model_class(task).from_pretrained(output_folder, dtype=torch.float32).eval()
     inputs, kind = verification_inputs(source_folder, source_model.config.vocab_size)
     if task == "multiple-choice" and head_converted:
         inputs = {name: tensor.unsqueeze(0) for name, tensor in inputs.items()}
@@ -673,7 +719,9 @@ def verify_conversion(source_folder, output_folder, task, plan, dtype, log=print
     with torch.no_grad():
         theirs = source_model(**inputs, output_hidden_states=True)
         ours = compared_model(**inputs, output_hidden_states=True)
-    pairs = {f"hidden_states[{i}]": pair for i, pair in enumerate(zip(ours.hidden_states, theirs.hidden_states, strict=True))}
+    # (layers above the highest mixed one are not built: their hidden states are not compared)
+    hidden_states = family.comparable_hidden_states(output_model, ours.hidden_states)
+    pairs = {f"hidden_states[{i}]": pair for i, pair in enumerate(zip(hidden_states, theirs.hidden_states))}
     if output_model.config.mix_init == "last":
         for name in ("logits", "start_logits", "end_logits", "last_hidden_state", "pooler_output"):
             if name == "pooler_output" and not pooler_converted:
@@ -703,14 +751,16 @@ def verify_conversion(source_folder, output_folder, task, plan, dtype, log=print
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="bermo-convert",
-        description="Upgrade a vanilla BERT checkpoint (folder or Hub model id) to a BERMo checkpoint that loads "
+        description="Upgrade a vanilla encoder checkpoint (BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT, DeBERTa-v2, "
+        "ModernBERT; folder or Hub model id) to a BERMo checkpoint that loads "
         "with trust_remote_code=True or with the bermo package installed.",
         epilog="example:\n  bermo-convert google-bert/bert-base-uncased ./bert-base-uncased-bermo --mix-init uniform\n"
         "  bermo-convert ./my-bert-sst2 ./my-bermo-sst2 --mix-init last   # exact: same logits as the source\n"
         "exit codes: 0 done, 2 bad input (nothing written).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("source", help="BERT checkpoint: a local folder or a Hub model id (e.g. google-bert/bert-base-uncased)")
+    parser.add_argument("source", help="encoder checkpoint: a local folder or a Hub model id (e.g. google-bert/bert-base-uncased, "
+                        "FacebookAI/roberta-base, microsoft/deberta-v3-base)")
     parser.add_argument("output_dir", help="folder to write the BERMo checkpoint to (refused if non-empty, unless --overwrite)")
     parser.add_argument(
         "--task", choices=list(TASKS),

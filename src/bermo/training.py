@@ -58,7 +58,7 @@ def build_parser():
         epilog="examples:\n"
         "  accelerate launch finetune.py --model_name_or_path ./minilm --task_name sst2 --glue_dir glue_data "
         "--output_dir out/sst2-bermo\n"
-        "  accelerate launch finetune.py --model_name_or_path ./minilm --model_type bert --train_file train.csv "
+        "  accelerate launch finetune.py --model_name_or_path ./minilm --model_type base --train_file train.csv "
         "--validation_file dev.csv --output_dir out/bert\n"
         "  accelerate launch finetune.py run.json     (one JSON object: {\"model_name_or_path\": ..., ...})\n"
         "exit codes: 0 done, 2 bad input or a failed run.")
@@ -105,8 +105,8 @@ def check_settings(run):
         except ValueError as error:
             raise TrainingError(f"--{error}") from None
     if run.model.mix_dropout is not None:
-        if run.model.model_type == "bert":
-            raise TrainingError("--mix_dropout: the layer mix is BERMo's; --model_type bert has none")
+        if run.model.model_type in ("base", "bert"):
+            raise TrainingError(f"--mix_dropout: the layer mix is BERMo's; --model_type {run.model.model_type} has none")
         if not 0 <= run.model.mix_dropout < 1:
             raise TrainingError(f"--mix_dropout {run.model.mix_dropout}: a probability in [0, 1)")
     if output.checkpointing_steps not in (None, "epoch") and not str(output.checkpointing_steps).isdigit():
@@ -117,9 +117,10 @@ def check_settings(run):
             raise TrainingError(f"--{name} must be at least 1")
     if output.push_to_hub and not output.hub_model_id:
         raise TrainingError("--push_to_hub needs --hub_model_id")
-    if output.push_to_hub and run.model.model_type == "bert":
+    if output.push_to_hub and run.model.model_type in ("base", "bert"):
         raise TrainingError("--push_to_hub publishes BERMo checkpoints (with their modeling code and card); "
-                            "--model_type bert runs are baselines: push them with huggingface_hub yourself")
+                            f"--model_type {run.model.model_type} runs are baselines: push them with huggingface_hub "
+                            "yourself")
     if output.push_to_hub and not output.save_model:
         raise TrainingError("--push_to_hub needs the saved model; drop --no-save_model")
     output_dir = Path(output.output_dir)
@@ -186,16 +187,19 @@ def load_model(model_args, task_data):
 
     import bermo  # noqa: F401  (registers BERMo with the Auto classes)
     from bermo import BermoForSequenceClassification
+    from bermo.modeling.configuration_bermo import BACKBONE_MODEL_TYPES
 
     path, remote = model_args.model_name_or_path, model_args.trust_remote_code
     try:
         config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=remote)
     except Exception as error:
         raise TrainingError(f"--model_name_or_path {path}: {one_line(error)}") from None
-    if config.model_type not in ("bert", "bermo"):
-        raise TrainingError(f"--model_name_or_path: model_type {config.model_type!r} is neither BERT nor BERMo")
-    if model_args.model_type == "bert" and config.model_type == "bermo":
-        raise TrainingError("--model_type bert needs a BERT checkpoint; this one is already BERMo")
+    if config.model_type not in ("bermo", *BACKBONE_MODEL_TYPES):
+        raise TrainingError(f"--model_name_or_path: model_type {config.model_type!r} is neither BERMo nor a supported "
+                            f"encoder family ({', '.join(BACKBONE_MODEL_TYPES)})")
+    if model_args.model_type in ("base", "bert") and config.model_type == "bermo":
+        raise TrainingError(f"--model_type {model_args.model_type} needs a vanilla checkpoint; this one is already "
+                            "BERMo")
     labels = {"num_labels": task_data.num_labels}
     if task_data.label_names is not None:
         labels["id2label"] = dict(enumerate(task_data.label_names))
@@ -210,7 +214,7 @@ def load_model(model_args, task_data):
     kwargs = dict(labels, trust_remote_code=remote)
     try:
         if model_args.model_type == "bermo":
-            if config.model_type == "bert":
+            if config.model_type != "bermo":  # converted on the fly
                 kwargs["mix_init"] = model_args.mix_init
             if model_args.mix_dropout is not None:
                 kwargs["mix_dropout"] = model_args.mix_dropout

@@ -14,13 +14,21 @@ from ..arguments import MASK_INITS, PRUNING_METHODS
 from .masks import StraightThroughMask, l0_gates, threshold_mask, topk_mask
 
 # The six Linear layers of a BERT encoder layer, relative to the layer.
+# The six Linear layers of an encoder layer, by path inside `encoder.layer.N`: BERT's, which RoBERTa, XLM-R and
+# ELECTRA share; DeBERTa-v2 names its projections query_proj/key_proj/value_proj. (DistilBERT and ModernBERT lay out
+# their layers otherwise: not described, so not masked.)
 ENCODER_LINEARS = (
     "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
     "intermediate.dense", "output.dense",
 )
+DEBERTA_V2_ENCODER_LINEARS = (
+    "attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj", "attention.output.dense",
+    "intermediate.dense", "output.dense",
+)
+ENCODER_LINEAR_LAYOUTS = (ENCODER_LINEARS, DEBERTA_V2_ENCODER_LINEARS)
 ENCODER_KEY = re.compile(r"(^|\.)encoder\.layer\.\d+\.")
 ENCODER_MATRIX_KEY = re.compile(
-    r"(^|\.)encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense"
+    r"(^|\.)encoder\.layer\.\d+\.(attention\.self\.(query|key|value)(_proj)?|attention\.output\.dense|intermediate\.dense"
     r"|output\.dense)\.weight$"
 )
 

@@ -5,7 +5,7 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
-from .modules import ENCODER_KEY, ENCODER_LINEARS, MaskedLinear, masked_modules
+from .modules import ENCODER_KEY, ENCODER_LINEAR_LAYOUTS, MaskedLinear, masked_modules
 
 
 def encoder_layers(model):
@@ -21,7 +21,9 @@ def mask_encoder_linears(model, method, mask_init="constant", mask_scale=0.0):
     Returns the masked modules in layer order; ValueError when the model has none."""
     replaced = []
     for layer in encoder_layers(model):
-        for path in ENCODER_LINEARS:
+        names = {name for name, _ in layer.named_modules()}
+        layout = next((paths for paths in ENCODER_LINEAR_LAYOUTS if set(paths) <= names), ())
+        for path in layout:
             parent_path, _, child = path.rpartition(".")
             try:
                 parent = layer.get_submodule(parent_path)
@@ -36,8 +38,8 @@ def mask_encoder_linears(model, method, mask_init="constant", mask_scale=0.0):
                 replaced.append(masked)
     if not replaced:
         name = type(extract_model_from_parallel(model)).__name__
-        raise ValueError(f"--pruning_method {method}: {name} has no encoder Linear layers to mask (expected BERT's "
-                         "base_model.encoder.layer)")
+        raise ValueError(f"--pruning_method {method}: {name} has no encoder Linear layers to mask (described for "
+                         "BERT, RoBERTa, XLM-R, ELECTRA and DeBERTa-v2: base_model.encoder.layer)")
     return replaced
 
 
