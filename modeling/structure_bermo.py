@@ -25,6 +25,11 @@ def _is_count(value, low):
 
 def validate_structure(config):
     """ValueError (one line) for per-layer sizes that do not fit the config; None lists pass."""
+    family = getattr(config, "backbone_model_type", "bert")
+    given = [name for name in ("layer_num_attention_heads", "layer_intermediate_sizes", "kept_layers")
+             if getattr(config, name, None) is not None]
+    if given and family != "bert":
+        raise ValueError(f"{', '.join(given)}: per-layer sizes are supported on the BERT backbone only, not {family}")
     layers = config.num_hidden_layers
     for name, limit in (("layer_num_attention_heads", config.num_attention_heads),
                         ("layer_intermediate_sizes", None)):

@@ -429,3 +429,20 @@ def test_real_minilm_weights_shrink_to_the_masked_models_outputs(minilm_path, mi
     assert reloaded.config.layer_intermediate_sizes == [768] * 3
     with torch.no_grad():
         assert (reloaded.bert(**minilm_inputs).last_hidden_state - masked).abs().max() <= 1e-4
+
+
+def test_structured_pruning_and_per_layer_sizes_are_refused_off_the_bert_backbone():
+    """Per-layer sizes are built by BERT's layers only: a RoBERTa-based BERMo gets one-line refusals, not a config
+    whose sizes its modeling code would silently ignore."""
+    from conftest import tiny_family_config
+
+    with pytest.raises(ValueError, match="per-layer sizes are supported on the BERT backbone only, not roberta"):
+        BermoConfig.for_backbone(tiny_family_config("roberta"), layer_num_attention_heads=[2, 4, 4])
+    from transformers import AutoModelForSequenceClassification  # BERMo is registered by `import bermo`
+
+    model = AutoModelForSequenceClassification.from_config(BermoConfig.for_backbone(tiny_family_config("roberta"), num_labels=2))
+    feature = PruningFeature.from_arguments(PruningArguments(
+        pruning_method="movement", pruning_granularity="head,neuron", final_threshold=0.5), 10)
+    with pytest.raises(ValueError, match="structured pruning exports per-layer sizes for BERT and BERMo on BERT only, "
+                                         "not roberta"):
+        feature.setup(model)

@@ -393,6 +393,11 @@ class StructuredPruningFeature(PruningFeature):
 
     def setup(self, model):
         """Give every encoder layer its structure masks (in place); returns the model."""
+        config = extract_model_from_parallel(model).config
+        family = getattr(config, "backbone_model_type", None) if config.model_type == "bermo" else config.model_type
+        if family != "bert":
+            raise ValueError(f"--pruning_granularity {','.join(self.granularity)}: structured pruning exports per-layer "
+                             f"sizes for BERT and BERMo on BERT only, not {family}; use --pruning_granularity weight")
         self.structures = mask_encoder_structures(extract_model_from_parallel(model), self.granularity, self.method,
                                                   self.mask_init, self.mask_scale)
         layers = len(self.structures.layers)
