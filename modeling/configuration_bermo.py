@@ -22,10 +22,6 @@ LAST_INIT_OTHER_LOGIT = -20.0
 # BERT is the original BERMo; the others are described in `families_bermo.py` (transformers 5).
 BACKBONE_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2", "modernbert")
 
-# The default initial mix: softmax weight 0.8 on the last representation, the rest spread evenly. Chosen by issue 15's
-# study (experiments/README.md): the paper's "uniform" start ended below BERT; this one did not, on any task measured.
-DEFAULT_MIX_INIT = "last:0.8"
-
 
 def parse_last_weight(mix_init):
     """The weight P of a `"last:P"` mix_init (0 < P < 1); ValueError (one line) for anything else."""
@@ -57,13 +53,11 @@ class BermoConfig(PretrainedConfig):
             highest mixed one are neither built nor run (they could not affect the output): mixing `[0, 1, ..., 6]` of a
             12-layer BERT runs 6 layers, half the encoder's cost; their checkpoint weights are skipped on loading,
             and `hidden_states` hold `h_0..h_6`.
-        mix_init (`str` or `list[float]`, *optional*, defaults to `"last:0.8"`):
-            `"uniform"`: zero logits, every mixed representation weighs the same (the paper's setting, as ELMo and
-            AllenNLP's ScalarMix; checkpoints written before version 0.2 record it).
+        mix_init (`str` or `list[float]`, *optional*, defaults to `"uniform"`):
+            `"uniform"`: zero logits, every mixed representation weighs the same (as ELMo and AllenNLP's ScalarMix).
             `"last"`: all the weight on the last layer, so the model's outputs equal BERT's to float precision.
             `"last:P"` (0 < P < 1, e.g. `"last:0.9"`): softmax weight P on the last mixed representation, the rest
             spread evenly over the others (logits 0 for the others and log(P (n - 1) / (1 - P)) for the last).
-            `"last:0.8"` is the default: BERT's behaviour at step 0 dominates, every other layer gets a real gradient.
             A list of floats: the initial logits, one per mixed representation.
         mix_trainable (`bool`, *optional*, defaults to `True`):
             Whether the mix logits and the scale are learned.
@@ -111,7 +105,7 @@ class BermoConfig(PretrainedConfig):
         use_cache=True,
         classifier_dropout=None,
         mix_layers=None,
-        mix_init=DEFAULT_MIX_INIT,
+        mix_init="uniform",
         mix_trainable=True,
         mix_layer_norm=False,
         mix_dropout=0.0,

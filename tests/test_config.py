@@ -3,22 +3,16 @@
 import json
 
 import pytest
-import torch
 
 from bermo import BermoConfig
 
 
-def test_defaults_are_bert_base_with_a_last_biased_mix_of_every_layer():
+def test_defaults_are_bert_base_with_a_uniform_mix_of_every_layer():
     config = BermoConfig()
     assert config.model_type == "bermo"
     assert (config.hidden_size, config.num_hidden_layers) == (768, 12)
     assert config.mix_layer_indices == list(range(13))
-    # issue 15's default: softmax weight 0.8 on the last layer, 0.2 / 12 on each of the others
-    assert config.mix_init == "last:0.8"
-    weights = torch.softmax(torch.tensor(config.initial_mix_logits()), dim=0)
-    assert weights[-1].item() == pytest.approx(0.8) and torch.allclose(weights[:-1], torch.full((12,), 0.2 / 12))
-    # the paper's uniform start stays one argument away
-    assert BermoConfig(mix_init="uniform").initial_mix_logits() == [0.0] * 13
+    assert config.initial_mix_logits() == [0.0] * 13
     assert config.mix_trainable is True and config.mix_layer_norm is False and config.mix_dropout == 0.0
 
 

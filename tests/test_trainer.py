@@ -126,9 +126,8 @@ def test_trainer_trains_and_evaluates_with_compute_metrics(tiny_config_kwargs, t
     assert len(losses) == 16
     assert losses[0] > 0.6  # chance is ln 2 ~ 0.69
     assert losses[-1] < 0.5 * losses[0], losses
-    # Trainer's optimizer holds the layer mix too: it moved away from its initial logits
-    initial = torch.tensor(model.config.initial_mix_logits())
-    assert (model.bert.layer_mix.logits.detach() - initial).abs().max().item() > 1e-3
+    # Trainer's optimizer holds the layer mix too: it moved away from its uniform init
+    assert model.bert.layer_mix.logits.detach().abs().max().item() > 1e-3
 
     metrics = trainer.evaluate()
     assert {"eval_loss", "eval_accuracy"} <= metrics.keys()

@@ -35,7 +35,7 @@ from transformers.utils import WEIGHTS_NAME as TORCH_WEIGHTS_NAME
 from ._errors import one_line
 from .hub import PublishError, push_to_hub
 from .family_conversion import FamilyConversion, unsupported_model_type
-from .modeling.configuration_bermo import BACKBONE_MODEL_TYPES, DEFAULT_MIX_INIT, BermoConfig
+from .modeling.configuration_bermo import BACKBONE_MODEL_TYPES, BermoConfig
 from .pruned_heads import heads_left, load_source_model
 from .modeling.modeling_bermo import (
     BermoForMultipleChoice,
@@ -489,7 +489,7 @@ def convert(
     output_dir,
     task=None,
     num_labels=None,
-    mix_init=DEFAULT_MIX_INIT,
+    mix_init="uniform",
     mix_layers=None,
     dtype="float32",
     revision=None,
@@ -769,10 +769,10 @@ def build_parser():
     )
     parser.add_argument("--num-labels", type=int, help="labels of a new classification head (default: the source's, else 2)")
     parser.add_argument(
-        "--mix-init", type=mix_init_argument, default=DEFAULT_MIX_INIT,
-        help=f"initial layer mix: 'last:P' (weight P in (0, 1) on the last layer, the rest spread evenly; default "
-        f"{DEFAULT_MIX_INIT}), 'uniform' (zero logits, the paper's) or 'last' (all weight on the last layer: the output "
-        "equals BERT's, and verification also compares the head's outputs)",
+        "--mix-init", type=mix_init_argument, default="uniform",
+        help="initial layer mix: 'uniform' (zero logits, default), 'last' (all weight on the last layer: the output "
+        "equals BERT's, and verification also compares the head's outputs) or 'last:P' (weight P in (0, 1) on the "
+        "last layer, the rest spread evenly; e.g. last:0.9)",
     )
     parser.add_argument(
         "--mix-layers", type=int, nargs="+", metavar="INDEX",

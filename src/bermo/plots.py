@@ -66,17 +66,12 @@ def plot_learning_curve(records, path, metric, panels=()):
 
 
 def plot_layer_weights(model, path):
-    """The learned softmax weight per mixed representation (bars) and where it started (gray ticks)."""
-    import torch
-
     plt = pyplot()
     weights, scale = model.layer_mix_weights()
     names = ["emb" if index == 0 else f"L{index}" for index in model.config.mix_layer_indices]
     figure, axis = plt.subplots(figsize=(6, 3.5))
     axis.bar(names, weights.numpy())
-    start = model.config.mix_init if isinstance(model.config.mix_init, str) else "logits"
-    initial = torch.softmax(torch.tensor(model.config.initial_mix_logits()), dim=0).numpy()
-    axis.scatter(names, initial, color="gray", marker="_", s=200, zorder=3, label=f"start ({start})")
+    axis.axhline(1 / len(names), color="gray", linestyle="--", linewidth=1, label="uniform")
     axis.set_ylabel("softmax weight")
     axis.set_title(f"BERMo learned layer mix (scale {scale.item():.3f})")
     axis.legend()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bermo.arguments import command_line, run_to_dict
+from bermo.arguments import DEFAULT_MIX_LEARNING_RATE, command_line, run_to_dict
 
 from . import stats
 from .common import (add_common_options, base_run, check_common, default_checkpoint, finetune_run, json_safe, launch,
@@ -32,7 +32,7 @@ from .runner import Experiment, ExperimentError, claim_output_dir, write_json_at
 OWNED_BY_EXPERIMENT = ("model_type", "seed", "test_file", "trust_remote_code", "mix_init", "mix_dropout",
                        "mix_learning_rate")
 DEFAULT_GRID = dict(mix_inits=["uniform", "last:0.5", "last:0.8", "last:0.95"],
-                    mix_learning_rates=[1e-2, 1e-3, 1e-1], mix_dropouts=[0.0, 0.1])
+                    mix_learning_rates=[DEFAULT_MIX_LEARNING_RATE, 1e-3, 1e-1], mix_dropouts=[0.0, 0.1])
 CPU_DEFAULTS = dict(max_train_steps=200, per_device_train_batch_size=16, per_device_eval_batch_size=64,
                     learning_rate=1e-4)
 TARGETS = (0.95, 0.98, 1.0)
