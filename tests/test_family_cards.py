@@ -58,7 +58,7 @@ def test_converted_card_names_the_family_its_tag_and_the_source(family, tmp_path
         in card.text
     assert "[`someone/tiny-" + family + "`](https://huggingface.co/someone/tiny-" + family + ")" in card.text
     assert f"`{bermo_family_classes(family)['AutoModelForSequenceClassification'].__name__}`" in card.text
-    for other_name, other_note in FAMILY_TEXT.values():
+    for _, other_note in FAMILY_TEXT.values():
         if other_note is not None:
             assert (other_note in card.text) == (other_note == note)
     assert "BERT's pooler" not in card.text and bert_left(card.text, name) == 0
