@@ -313,6 +313,11 @@ def test_finetune_a_roberta_checkpoint_as_bermo_or_as_roberta(tiny_roberta, mode
         assert config["model_type"] == "bermo" and config["backbone_model_type"] == "roberta"
         assert config["architectures"] == ["BermoRobertaForSequenceClassification"]
         assert (out / "families_bermo.py").is_file() and (out / "layer_mix.json").is_file()
+        from huggingface_hub import ModelCard
+
+        card = ModelCard.load(out / "README.md")  # fine-tuning's card names the family
+        assert card.data.tags == ["bermo", "roberta", "custom_code", "text-classification"]
+        assert "This model's encoder is **RoBERTa**" in card.text
     else:
         assert config["model_type"] == "roberta" and config["architectures"] == ["RobertaForSequenceClassification"]
 

@@ -526,9 +526,12 @@ def convert(
         )
     notes = []
     if source_config.get("is_decoder"):
+        from .model_card import FAMILY_NAMES
+
+        family_name = FAMILY_NAMES.get(source_config.get("model_type"), "BERT")
         notes.append("The source was saved as a decoder (`is_decoder=True`, causal attention) without cross-attention; "
-                     "`is_decoder` was cleared: this model attends in both directions, as BERT's encoder does, and its "
-                     "outputs match the source's run that way, not its causal language-model outputs.")
+                     f"`is_decoder` was cleared: this model attends in both directions, as {family_name}'s encoder "
+                     "does, and its outputs match the source's run that way, not its causal language-model outputs.")
         log(f"{source}: is_decoder=True cleared; converted as an encoder (attends in both directions)")
     if heads_left(source_config):
         notes.append(f"The source's attention heads were pruned (transformers 4.x `pruned_heads`); its layers keep "

@@ -8,6 +8,30 @@ from huggingface_hub import ModelCard, ModelCardData
 from .modeling.configuration_bermo import BERMO_VERSION
 
 
+# The encoder families' names as their papers write them, by `backbone_model_type` (transformers' model_type)
+FAMILY_NAMES = {
+    "bert": "BERT",
+    "roberta": "RoBERTa",
+    "xlm-roberta": "XLM-RoBERTa",
+    "electra": "ELECTRA",
+    "distilbert": "DistilBERT",
+    "deberta-v2": "DeBERTa-v2",
+    "modernbert": "ModernBERT",
+}
+
+
+def family_of(config):
+    """(model_type, name, what the mix reads differently from BERT or "") of a BERMo config's encoder family."""
+    model_type = getattr(config, "backbone_model_type", "bert")
+    note = ""
+    if model_type == "electra" and getattr(config, "embedding_size", config.hidden_size) != config.hidden_size:
+        note = "h<sub>0</sub> is taken after `embeddings_project`, as ELECTRA's first layer sees it."
+    elif model_type == "modernbert":
+        note = ("ModernBERT is pre-LN: every representation is mixed after its `final_norm`, so h<sub>L</sub> is "
+                "ModernBERT's own output.")
+    return model_type, FAMILY_NAMES.get(model_type, model_type), note
+
+
 def template_path(name):
     return str(files("bermo.model_cards") / name)
 
@@ -40,12 +64,13 @@ def converted_model_card(
 ):
     """The README.md of a converted checkpoint."""
     source_metadata = source_card_metadata(source_folder)
+    model_type, family_name, family_note = family_of(config)
     shown_source = base_model or (source if not Path(source).is_dir() else f"local folder {Path(source).name}")
     card_data = ModelCardData(
         base_model=base_model,
         library_name="transformers",
         pipeline_tag=pipeline_tag,
-        tags=["bermo", "bert", "custom_code", pipeline_tag],
+        tags=["bermo", model_type, "custom_code", pipeline_tag],
         license=source_metadata.get("license"),
         language=source_metadata.get("language"),
     )
@@ -64,6 +89,8 @@ def converted_model_card(
         card_data,
         template_path=template_path("converted.md"),
         model_name=f"{Path(str(base_model or source)).name} (BERMo)",
+        family_name=family_name,
+        family_note=family_note,
         base_model=shown_source,
         base_model_url=f"https://huggingface.co/{base_model}" if base_model else "#",
         bermo_version=BERMO_VERSION,
@@ -96,6 +123,7 @@ def finetuned_model_card(*, model, task_data, base_model, final_metrics, hyperpa
     glue = task_data.name in ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
     dataset_id = "nyu-mll/glue" if glue else task_data.name
     dataset_name = f"GLUE {task_data.name.upper()}" if glue else task_data.name
+    model_type, family_name, family_note = family_of(model.config)
     name_root = Path(str(base_model)).name
     if Path(str(base_model)).is_dir():  # a local folder: name it, and take its own card's base_model if it has one
         shown_base = f"local folder {name_root}"
@@ -117,7 +145,7 @@ def finetuned_model_card(*, model, task_data, base_model, final_metrics, hyperpa
         base_model=base_model,
         library_name="transformers",
         pipeline_tag="text-classification",
-        tags=["bermo", "bert", "custom_code", "text-classification"],
+        tags=["bermo", model_type, "custom_code", "text-classification"],
         datasets=[dataset_id] if glue else None,
         metrics=sorted({metric for metrics in final_metrics.values() for metric in metrics}),
         eval_results=eval_results or None,
@@ -129,6 +157,8 @@ def finetuned_model_card(*, model, task_data, base_model, final_metrics, hyperpa
         template_path=template_path("finetuned.md"),
         model_name=model_name,
         dataset_name=dataset_name,
+        family_name=family_name,
+        family_note=family_note,
         base_model=shown_base,
         bermo_version=BERMO_VERSION,
         results=[(split, metric, f"{value:.4f}") for split, metrics in final_metrics.items()
