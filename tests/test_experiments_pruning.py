@@ -237,7 +237,7 @@ def test_diverged_runs_are_counted_as_collapses(tiny_bert, sst2_files, tmp_path)
     (["--fractions", "1.5"], "--fractions 1.5: a remaining fraction must be in (0, 1]"),
     (["--methods", "l0", "--lambdas", "-1"], "--lambdas -1.0: a penalty weight must be finite and >= 0"),
     (["--seeds", "1"], "a 95% confidence interval needs at least 2 seeds (got 1)"),
-    (["--study", "speed"], "--study 'speed': choose stability or efficiency"),
+    (["--study", "speed"], "--study 'speed': choose stability, efficiency or structured"),
     (["--train_rows", "100"], "--train_rows 100: the training data has 48 rows"),
     (["--initial_warmup", "0.6", "--final_warmup", "0.6"], "the warm-ups are longer than training"),
     (["--match_fractions", "0.5"], "--match_fractions applies to --study efficiency"),
