@@ -358,6 +358,9 @@ def test_structured_end_to_end_records_sizes_speed_and_refuses_another_configura
                     < half["exported_remaining_encoder_fraction"]["mean"] < 1)
             assert quarter["exported_parameters"]["mean"] < half["exported_parameters"]["mean"]
             assert half["speedup"]["mean"] > 0
+    dense = summary["tables"]["bert"]["cells"][0]
+    assert dense["cell"] == "dense" and dense["exported_remaining_encoder_fraction"]["mean"] == 1.0
+    assert dense["exported_parameters"]["mean"] > summary["tables"]["bert"]["cells"][1]["exported_parameters"]["mean"]
     pruned = [r for r in summary["runs"] if r["method"] != "dense"]
     assert all(r["speedup"] and (out / "runs" / r["run_id"] / "speed.json").is_file() for r in pruned)
     assert [c["headline"] for c in summary["collapse"]] == [False, False, True, True]
@@ -373,3 +376,18 @@ def test_structured_end_to_end_records_sizes_speed_and_refuses_another_configura
     assert main(structured_argv(tiny_bert, sst2_files, out, "--fractions", "0.5")) == 2
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and "holds runs of another configuration" in error
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--methods", "l0"], "--methods l0: the structured study takes topk methods"),
+    (["--lambdas", "10"], "--lambdas applies to --study stability or efficiency"),
+    (["--no-dense_baseline"], "the structured study needs its dense runs"),
+    (["--train_rows", "16", "24"], "the structured study takes one training subset"),
+    (["--speed_repeats", "0"], "--speed_batch and --speed_repeats must be at least 1"),
+])
+def test_structured_bad_input_is_one_line_exit_2(tiny_bert, sst2_files, tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    assert main(structured_argv(tiny_bert, sst2_files, out, *extra)) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and message in error
+    assert not out.exists()

@@ -413,7 +413,7 @@ def structured_markdown(summary, plots):
         for entry in summary["tables"][model]["targets"]:
             best = entry["best"]
             reached = ("no kept fraction this fast" if best is None else
-                       f"{best['cell']}: {best['speedup']:.2f}x, {best['loss_points']:+.2f} points below dense "
+                       f"{best['cell']}: {best['speedup']:.2f}x, loss {best['loss_points']:.2f} points "
                        f"({'met' if best['met'] else 'not met'})")
             rows.append([NAMES[model], "yes" if entry["distill"] else "no",
                          f"≤ {entry['max_loss_points']:g} points at {entry['speedup']:g}x", percent(dense["mean"], 2),

@@ -30,7 +30,7 @@ from bermo.arguments import TOPK_METHODS, DistillationArguments, PruningArgument
 
 from . import stats
 from .common import MODELS, base_run, finetune_run, json_safe, launch, model_run, read_curve, typed
-from .runner import Experiment, ExperimentError, claim_output_dir
+from .runner import Experiment, ExperimentError, claim_output_dir, write_json_atomic
 
 DEFAULT_FRACTIONS = [0.5, 0.35, 0.25, 0.1]
 GRANULARITY = "head,neuron"
@@ -67,6 +67,8 @@ def cell_name(c):
 
 def plan(args, seeds, base, data, options, data_args):
     """(experiment of every run, experiment of the dense runs only): the dense runs are the teachers."""
+    from .pruning import check_pruning
+
     output_dir = Path(args.output_dir).resolve()
     base = replace(base, data=data_args, output=replace(base.output, save_model=True))
     rows = args.train_rows[0] if args.train_rows else None
@@ -80,7 +82,6 @@ def plan(args, seeds, base, data, options, data_args):
     for c in cells[1:]:
         pruning = replace(options, pruning_method=c["method"], pruning_granularity=GRANULARITY,
                           initial_threshold=1.0, final_threshold=c["fraction"])
-        from .pruning import check_pruning
         check_pruning(pruning, args.max_train_steps)
         for seed in seeds:
             for model in MODELS:
@@ -136,7 +137,7 @@ def measure_speed(run_folder, dense_folder, batch, seq, repeats):
               "dense_parameters": sum(p.numel() for p in models["dense"].parameters()),
               "exported_parameters": sum(p.numel() for p in models["exported"].parameters()),
               "batch": batch, "seq": seq, "repeats": repeats}
-    path.write_text(json.dumps(result, indent=2))
+    write_json_atomic(path, result)
     return result
 
 
@@ -179,6 +180,12 @@ def analyze(experiment, records, data, checkpoint=None, command=None):
             row["exported_parameters"] = row["exported_parameters"] or measured["exported_parameters"]
             row["dense_parameters"] = measured["dense_parameters"]
         rows.append(row)
+    for row in rows:  # the dense rows: their size as the pruned runs' timing counted it
+        if row["method"] == "dense" and row["outcome"] != "not run":
+            sizes = [r["dense_parameters"] for r in rows if r.get("dense_parameters") and r["model"] == row["model"]
+                     and r["seed"] == row["seed"]]
+            row["exported_parameters"] = row.get("exported_parameters") or (sizes[0] if sizes else None)
+            row["exported_remaining_encoder_fraction"] = row.get("exported_remaining_encoder_fraction") or 1.0
 
     tables, collapse = {}, []
     cells = config["cells"]
