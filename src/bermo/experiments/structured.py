@@ -6,11 +6,14 @@ for each kept fraction v of --fractions (default 0.5 0.35 0.25 0.1) a run with `
 --pruning_granularity head,neuron --initial_threshold 1 --final_threshold v`, once without and once with
 distillation from that model's own dense run (`--teacher_name_or_path OUTPUT_DIR/runs/<dense run>/train`, the
 distillation feature's default temperature and alpha). The dense runs go first (a phase of their own); every run is
-cached and resumed like the other studies' runs.
+cached and resumed like the other studies' runs. With `--launcher plan` (a SLURM array) the pending list holds
+both phases: run the dense runs (their labels start with "dense") before the others; a distilled run whose teacher is
+missing fails and is recorded as failed (rerun it with --retry_failed).
 
 Per run: the final dev accuracy, the collapse rule of the stability study, the exported model's encoder fraction and
 parameters (final_metrics.json's exported_* figures), and a CPU inference speed-up: the exported model against its
-dense run, timed interleaved in one process (bermo.pruning.timing: --speed_batch x --max_length tokens, median of
+dense run, on the CPU after all runs ended (run the report on an otherwise idle machine: `--report_only` times
+what is not timed yet; timings already in a run's speed.json are kept), timed interleaved in one process (bermo.pruning.timing: --speed_batch x --max_length tokens, median of
 --speed_repeats forwards after one warm-up), written once to the run's speed.json.
 
 Outputs: per model a table of accuracy / kept fraction / parameters / speed-up, the collapse rates per model at
