@@ -366,6 +366,8 @@ def test_structured_end_to_end_records_sizes_speed_and_refuses_another_configura
     assert [c["headline"] for c in summary["collapse"]] == [False, False, True, True]
     markdown = (out / "summary.md").read_text()
     assert "≤ 1 points at 2x" in markdown and "≤ 3.5 points at 3.4x" in markdown
+    command = summary["command"]
+    assert "--study structured" in command and "--lambdas" not in command and "--pruning_granularity" not in command
     assert "## BERMo: accuracy, kept fraction, speed-up" in markdown and "Fisher p" in markdown
     assert (out / "accuracy_vs_speedup.png").stat().st_size > 1000 and "](accuracy_vs_speedup.png)" in markdown
 
@@ -384,6 +386,7 @@ def test_structured_end_to_end_records_sizes_speed_and_refuses_another_configura
     (["--no-dense_baseline"], "the structured study needs its dense runs"),
     (["--train_rows", "16", "24"], "the structured study takes one training subset"),
     (["--speed_repeats", "0"], "--speed_batch and --speed_repeats must be at least 1"),
+    (["--pruning_granularity", "head"], "--pruning_granularity: the structured study sets head,neuron"),
 ])
 def test_structured_bad_input_is_one_line_exit_2(tiny_bert, sst2_files, tmp_path, capsys, extra, message):
     out = tmp_path / "out"

@@ -396,6 +396,9 @@ def experiment_command(args):
                 **{k: getattr(args, k) for k in STUDY_OPTIONS}}
     for name in OWNED_BY_EXPERIMENT:
         settings.pop(name, None)
+    if args.study == "structured":  # set by the study, not options
+        settings.pop("pruning_granularity", None)
+    settings = {k: v for k, v in settings.items() if v != []}  # an empty list has no command-line form
     return "bermo-experiment pruning " + shlex.join(command_line(settings))
 
 

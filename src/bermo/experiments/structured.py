@@ -54,6 +54,8 @@ def check_structured(args):
         raise ExperimentError("--no-dense_baseline: the structured study needs its dense runs (baselines and teachers)")
     if args.train_rows is not None and len(args.train_rows) > 1:
         raise ExperimentError("--train_rows: the structured study takes one training subset (or none: all rows)")
+    if getattr(args, "pruning_granularity", "weight") not in ("weight", GRANULARITY):
+        raise ExperimentError(f"--pruning_granularity: the structured study sets {GRANULARITY}; leave it out")
     if args.speed_batch < 1 or args.speed_repeats < 1:
         raise ExperimentError("--speed_batch and --speed_repeats must be at least 1")
 
