@@ -118,14 +118,15 @@ def add_parser(subparsers):
     group = parser.add_argument_group("pruning experiment")
     group.add_argument("--study", default="stability",
                        help="stability (collapse and divergence on small training subsets, e.g. SST-2) or "
-                       "efficiency (accuracy/F1 against the remaining weights over a lambda sweep, e.g. QQP); "
-                       "--max_train_steps defaults to 100 (stability) or 150 (efficiency)")
+                       "efficiency (accuracy/F1 against the remaining weights over a lambda sweep, e.g. QQP) or structured "
+                       "(heads and neurons removed, with/without distillation, CPU speed-up of the exported models); "
+                       "--max_train_steps defaults to 100 (stability) or 150 (efficiency, structured)")
     group.add_argument("--methods", nargs="+",
                        help="pruning methods: magnitude, movement (at --fractions), soft_movement, l0 (at --lambdas); "
                        "default: all four (stability), soft_movement l0 (efficiency)")
     group.add_argument("--fractions", nargs="+", type=float,
                        help="remaining fractions of each encoder matrix for magnitude/movement, each in (0, 1] "
-                       "(default 0.15 0.05)")
+                       "(default 0.15 0.05); structured: kept fractions of heads and FFN neurons (default 0.5 0.35 0.25 0.1)")
     group.add_argument("--lambdas", nargs="+", type=float,
                        help="final penalty weights of soft_movement/l0, each >= 0 (default: 100 1000 (stability), "
                        "10 100 1000 (efficiency), log-spaced)")
