@@ -19,9 +19,7 @@ Usage (from the repository root):
 """
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -29,6 +27,7 @@ import torch
 from bermo import BermoConfig, BermoForSequenceClassification
 from bermo.arguments import PruningArguments
 from bermo.pruning import PruningFeature
+from bermo.pruning.timing import random_inputs, time_models
 
 SHAPES = {
     "minilm": dict(num_hidden_layers=6, hidden_size=384, num_attention_heads=12, intermediate_size=1536),
@@ -73,23 +72,7 @@ def saved_size(model):
         return sum(file.stat().st_size for file in Path(folder).glob("*.safetensors"))
 
 
-def inputs(batch, seq):
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, 30000, (batch, seq), generator=generator)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
-
-@torch.no_grad()
-def time_models(models, batch, repeats, warmup):
-    """{name: median seconds}, the models' forwards interleaved in each repeat."""
-    times = {name: [] for name in models}
-    for index in range(warmup + repeats):
-        for name, model in models.items():
-            start = time.perf_counter()
-            model(**batch)
-            if index >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+inputs = random_inputs
 
 
 def main(argv=None):

@@ -237,7 +237,7 @@ def test_diverged_runs_are_counted_as_collapses(tiny_bert, sst2_files, tmp_path)
     (["--fractions", "1.5"], "--fractions 1.5: a remaining fraction must be in (0, 1]"),
     (["--methods", "l0", "--lambdas", "-1"], "--lambdas -1.0: a penalty weight must be finite and >= 0"),
     (["--seeds", "1"], "a 95% confidence interval needs at least 2 seeds (got 1)"),
-    (["--study", "speed"], "--study 'speed': choose stability or efficiency"),
+    (["--study", "speed"], "--study 'speed': choose stability, efficiency or structured"),
     (["--train_rows", "100"], "--train_rows 100: the training data has 48 rows"),
     (["--initial_warmup", "0.6", "--final_warmup", "0.6"], "the warm-ups are longer than training"),
     (["--match_fractions", "0.5"], "--match_fractions applies to --study efficiency"),
@@ -320,3 +320,77 @@ def test_efficiency_analysis_and_report_on_hand_made_runs(tmp_path):
     assert f"{100 * (bermo0 - bert0):+.2f}" in markdown and "1/2 (1 diverged)" in markdown
     for name in ("accuracy_vs_remaining.png", "matched_difference.png", "layer_weights.png", "collapse_rates.png"):
         assert (tmp_path / name).stat().st_size > 1000, name
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The structured study
+
+
+def structured_argv(tiny_bert, glue, out, *extra):
+    return ["pruning", "--study", "structured", "--model_name_or_path", str(tiny_bert), "--task_name", "sst2",
+            "--glue_dir", str(glue), "--fractions", "0.5", "0.25", "--seeds", "1", "--confidence", "0",
+            "--max_train_steps", "3", "--max_length", "32", "--learning_rate", "1e-3", "--speed_batch", "2",
+            "--speed_repeats", "1", "--output_dir", str(out), "--no-progress", "--jobs", "2", *extra]
+
+
+def test_structured_end_to_end_records_sizes_speed_and_refuses_another_configuration(tiny_bert, sst2_files, tmp_path,
+                                                                                       capsys):
+    out = tmp_path / "structured"
+    argv = structured_argv(tiny_bert, sst2_files, out)
+    assert main(argv) == 0
+    records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    # per model: 1 dense + 2 fractions x (without, with distillation)
+    assert len(records) == 10 and all(r["status"] == "ok" for r in records), [r.get("error") for r in records]
+    distilled = [r for r in records if r["config"]["cell"]["distill"]]
+    assert len(distilled) == 4
+    for record in distilled:
+        teacher = record["config"]["arguments"]["teacher_name_or_path"]
+        dense = next(r for r in records if r["config"]["cell"]["method"] == "dense"
+                     and r["config"]["model_type"] == record["config"]["model_type"])
+        assert teacher.endswith(f"{dense['run_id']}/train")
+    summary = json.loads((out / "summary.json").read_text())
+    for model in ("bert", "bermo"):
+        cells = {(e["fraction"], e["distill"]): e for e in summary["tables"][model]["cells"]}
+        for distill in (False, True):
+            half, quarter = cells[0.5, distill], cells[0.25, distill]
+            assert half["finished"] == quarter["finished"] == 1
+            assert (quarter["exported_remaining_encoder_fraction"]["mean"]
+                    < half["exported_remaining_encoder_fraction"]["mean"] < 1)
+            assert quarter["exported_parameters"]["mean"] < half["exported_parameters"]["mean"]
+            assert half["speedup"]["mean"] > 0
+    dense = summary["tables"]["bert"]["cells"][0]
+    assert dense["cell"] == "dense" and dense["exported_remaining_encoder_fraction"]["mean"] == 1.0
+    assert dense["exported_parameters"]["mean"] > summary["tables"]["bert"]["cells"][1]["exported_parameters"]["mean"]
+    pruned = [r for r in summary["runs"] if r["method"] != "dense"]
+    assert all(r["speedup"] and (out / "runs" / r["run_id"] / "speed.json").is_file() for r in pruned)
+    assert [c["headline"] for c in summary["collapse"]] == [False, False, True, True]
+    markdown = (out / "summary.md").read_text()
+    assert "≤ 1 points at 2x" in markdown and "≤ 3.5 points at 3.4x" in markdown
+    command = summary["command"]
+    assert "--study structured" in command and "--lambdas" not in command and "--pruning_granularity" not in command
+    assert "## BERMo: accuracy, kept fraction, speed-up" in markdown and "Fisher p" in markdown
+    assert (out / "accuracy_vs_speedup.png").stat().st_size > 1000 and "](accuracy_vs_speedup.png)" in markdown
+
+    # the same command again: nothing re-run; another grid refused in one line, exit 2
+    stamps = result_stamps(out)
+    assert main(argv) == 0 and result_stamps(out) == stamps
+    capsys.readouterr()
+    assert main(structured_argv(tiny_bert, sst2_files, out, "--fractions", "0.5")) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "holds runs of another configuration" in error
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--methods", "l0"], "--methods l0: the structured study takes topk methods"),
+    (["--lambdas", "10"], "--lambdas applies to --study stability or efficiency"),
+    (["--no-dense_baseline"], "the structured study needs its dense runs"),
+    (["--train_rows", "16", "24"], "the structured study takes one training subset"),
+    (["--speed_repeats", "0"], "--speed_batch and --speed_repeats must be at least 1"),
+    (["--pruning_granularity", "head"], "--pruning_granularity: the structured study sets head,neuron"),
+])
+def test_structured_bad_input_is_one_line_exit_2(tiny_bert, sst2_files, tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    assert main(structured_argv(tiny_bert, sst2_files, out, *extra)) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and message in error
+    assert not out.exists()

@@ -13,6 +13,11 @@ Every run is the training loop with its pruning flags (bermo.pruning, Sanh et al
     dropped). Per cell and model: the collapse rate (divergences included) with a Clopper-Pearson 95% interval,
     Fisher's exact test BERT vs BERMo, median and worst-seed dev accuracy (a diverged run ranks below all others).
 
+--study structured  structured movement pruning (heads and FFN neurons removed at export) at kept fractions
+    (--fractions, default 0.5 0.35 0.25 0.1), with and without distillation from the same model's dense run; per
+    run the dev accuracy, the exported size and a measured CPU speed-up against the dense model; targets: <= 1
+    point loss at 2x, <= 3.5 points at ~3.4x (see bermo.experiments.structured).
+
 --study efficiency  "better parameter efficiency for penalty based pruning" (QQP). A log-spaced lambda sweep of
     soft_movement and l0 (and topk methods at --fractions, when asked), plus the dense baselines: final dev
     accuracy and F1 against the measured remaining encoder fraction (Sanh et al.'s count). At matched remaining
@@ -46,7 +51,7 @@ from .common import (MODELS, add_common_options, base_run, check_common, default
                      typed)
 from .runner import Experiment, ExperimentError, claim_output_dir, write_text_atomic
 
-STUDIES = ("stability", "efficiency")
+STUDIES = ("stability", "efficiency", "structured")
 REGULARIZATION = {"soft_movement": "l1", "l0": "l0"}
 DENSE = "dense"
 # a run collapses at or below majority-class accuracy + this margin, or with this share of one class
@@ -71,6 +76,8 @@ STUDY_DEFAULTS = {
                       lambdas=[100.0, 1000.0], train_rows=[1000, 4000], dense_baseline=False, max_train_steps=100),
     "efficiency": dict(methods=["soft_movement", "l0"], fractions=[0.15, 0.05], lambdas=[10.0, 100.0, 1000.0],
                        train_rows=None, dense_baseline=True, max_train_steps=150),
+    "structured": dict(methods=["movement"], fractions=[0.5, 0.35, 0.25, 0.1], lambdas=[], train_rows=None,
+                       dense_baseline=True, max_train_steps=150),
 }
 # the design at full scale (GPU): what the CPU defaults cut, stated in summary.md
 FULL_SCALE = {
@@ -94,6 +101,8 @@ def add_parser(subparsers):
         "--jobs 2\n"
         "  bermo-experiment pruning --study efficiency --task_name qqp --glue_dir QQP_SPLIT --output_dir "
         "out/prune-qqp --jobs 2\n"
+        "  bermo-experiment pruning --study structured --task_name sst2 --glue_dir GLUE --output_dir "
+        "out/prune-structured --jobs 2   (dense runs first: they are the teachers)\n"
         "  (QQP_SPLIT: the glue/ folder that experiments/prepare_data.py writes: a stated train/dev split of the "
         "QQP subset)\n"
         "Full scale on GPUs (Sanh et al.'s recipe; lambda's effect depends on the steps and the scores' learning "
@@ -109,14 +118,15 @@ def add_parser(subparsers):
     group = parser.add_argument_group("pruning experiment")
     group.add_argument("--study", default="stability",
                        help="stability (collapse and divergence on small training subsets, e.g. SST-2) or "
-                       "efficiency (accuracy/F1 against the remaining weights over a lambda sweep, e.g. QQP); "
-                       "--max_train_steps defaults to 100 (stability) or 150 (efficiency)")
+                       "efficiency (accuracy/F1 against the remaining weights over a lambda sweep, e.g. QQP) or structured "
+                       "(heads and neurons removed, with/without distillation, CPU speed-up of the exported models); "
+                       "--max_train_steps defaults to 100 (stability) or 150 (efficiency, structured)")
     group.add_argument("--methods", nargs="+",
                        help="pruning methods: magnitude, movement (at --fractions), soft_movement, l0 (at --lambdas); "
                        "default: all four (stability), soft_movement l0 (efficiency)")
     group.add_argument("--fractions", nargs="+", type=float,
                        help="remaining fractions of each encoder matrix for magnitude/movement, each in (0, 1] "
-                       "(default 0.15 0.05)")
+                       "(default 0.15 0.05); structured: kept fractions of heads and FFN neurons (default 0.5 0.35 0.25 0.1)")
     group.add_argument("--lambdas", nargs="+", type=float,
                        help="final penalty weights of soft_movement/l0, each >= 0 (default: 100 1000 (stability), "
                        "10 100 1000 (efficiency), log-spaced)")
@@ -129,6 +139,11 @@ def add_parser(subparsers):
     group.add_argument("--match_fractions", nargs="+", type=float,
                        help="efficiency: remaining encoder fractions at which the models are compared (default: "
                        f"{MATCH_POINTS} log-spaced in the range every run curve covers)")
+    group.add_argument("--speed_batch", type=int, default=32,
+                       help="structured: batch size of the CPU speed measurement (batch x --max_length tokens; "
+                       "default 32)")
+    group.add_argument("--speed_repeats", type=int, default=5,
+                       help="structured: timed forwards per model (median; after one warm-up; default 5)")
     add_common_options(parser)
     return parser
 
@@ -140,7 +155,7 @@ def add_parser(subparsers):
 def resolve_study_defaults(args):
     """Fill the options left unset with the study's defaults (in place); bad values raise ExperimentError."""
     if args.study not in STUDIES:
-        raise ExperimentError(f"--study {args.study!r}: choose stability or efficiency")
+        raise ExperimentError(f"--study {args.study!r}: choose stability, efficiency or structured")
     defaults = STUDY_DEFAULTS[args.study]
     for name in ("methods", "fractions", "lambdas", "train_rows", "dense_baseline", "max_train_steps"):
         if getattr(args, name) is None:
@@ -179,6 +194,9 @@ def check_args(args):
         raise ExperimentError("--match_fractions applies to --study efficiency")
     if args.study == "efficiency" and not args.dense_baseline and not args.methods:
         raise ExperimentError("nothing to run")
+    if args.study == "structured":
+        from .structured import check_structured
+        check_structured(args)
     return seeds
 
 
@@ -312,6 +330,19 @@ def plan(args):
     output_dir = Path(args.output_dir).resolve()
     data_dir = output_dir / "data"
     options = typed(PruningArguments, args)  # warm-ups, score learning rate...: every pruned cell
+    if args.study == "structured":
+        from . import structured
+
+        data_args = base.data
+        if args.train_rows:
+            data_args = DataArguments(train_file=str(data_dir / f"train_{args.train_rows[0]}.jsonl"),
+                                      validation_file=str(data_dir / "dev.jsonl"), text_columns=data["text_columns"],
+                                      label_column="label", label_type="classification",
+                                      max_length=base.data.max_length, pad_to_max_length=base.data.pad_to_max_length)
+        experiments = structured.plan(args, seeds, base, data, options, data_args)
+        if texts:
+            write_data_files(data_dir, texts)
+        return experiments, data
     cells = cells_of(args)
     runs, data["data_args"], data["cell_args"] = [], {}, {}
     for cell in cells:
@@ -350,7 +381,8 @@ CELL_SETTINGS = ("pruning_method", "initial_threshold", "final_threshold", "regu
 DATA_SETTINGS = {"task_name", "glue_dir", "train_file", "validation_file", "test_file", "text_columns", "label_column",
                  "label_type"}
 STUDY_OPTIONS = ("study", "methods", "fractions", "lambdas", "train_rows", "data_seed", "dense_baseline",
-                 "match_fractions", "seeds", "confidence", "n_bootstrap", "output_dir")
+                 "match_fractions", "seeds", "confidence", "n_bootstrap", "speed_batch", "speed_repeats",
+                 "output_dir")
 
 
 def _data_settings(data_args):
@@ -365,6 +397,9 @@ def experiment_command(args):
                 **{k: getattr(args, k) for k in STUDY_OPTIONS}}
     for name in OWNED_BY_EXPERIMENT:
         settings.pop(name, None)
+    if args.study == "structured":  # set by the study, not options
+        settings.pop("pruning_granularity", None)
+    settings = {k: v for k, v in settings.items() if v != []}  # an empty list has no command-line form
     return "bermo-experiment pruning " + shlex.join(command_line(settings))
 
 
@@ -372,6 +407,18 @@ def run(args):
     from .pruning_report import write_pruning_report
 
     experiment, data = plan(args)
+    if args.study == "structured":
+        from .pruning_report import write_structured_report
+        from .structured import analyze as analyze_structured, run_phases
+
+        experiment, dense_experiment = experiment
+        records = run_phases(experiment, dense_experiment, args)
+        if args.launcher == "plan":
+            return experiment.output_dir / "pending.txt"
+        summary = analyze_structured(experiment, records, data, checkpoint=args.model_name_or_path,
+                                     command=experiment_command(args))
+        write_structured_report(experiment.output_dir, summary)
+        return experiment.output_dir / "summary.md"
     records = launch(experiment, args)
     if args.launcher == "plan":
         return experiment.output_dir / "pending.txt"

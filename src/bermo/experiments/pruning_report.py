@@ -372,3 +372,102 @@ def plot_layer_mixes(mixes, path):
     """Heat map of BERMo's softmax layer weights: one row per run (label: cell and seed), one column per mixed
     representation (emb = the embeddings): the experiments' own layer-weight plot."""
     plot_layer_weights(mixes, path, "BERMo's layer weights under pruning (softmax; s = scale)")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The structured study
+
+
+def write_structured_report(output_dir, summary):
+    output_dir = Path(output_dir)
+    plots = []
+    if any(r.get("speedup") and r.get("accuracy") is not None for r in summary["runs"]):
+        plot_accuracy_vs_speedup(summary, output_dir / "accuracy_vs_speedup.png")
+        plots.append(("Dev accuracy against the measured CPU speed-up (means over seeds; dashed: with distillation)",
+                      "accuracy_vs_speedup.png"))
+    summary["plots"] = [path for _, path in plots]
+    write_json_atomic(output_dir / "summary.json", summary)
+    write_text_atomic(output_dir / "summary.md", structured_markdown(summary, plots))
+
+
+def structured_markdown(summary, plots):
+    data, speed = summary["data"], summary["speed"]
+    counts = {o: sum(r["outcome"] == o for r in summary["runs"]) for o in OUTCOMES}
+    lines = [f"# Structured pruning: BERT vs BERMo on {data['name']}", "",
+             f"- Command: `{summary['command']}`" if summary.get("command") else "",
+             f"- Checkpoint: `{summary['checkpoint']}`; BERT and BERMo from it, the same seeds "
+             f"({', '.join(map(str, summary['seeds']))}); runs: {len(summary['runs'])} — "
+             + ", ".join(f"{counts[o]} {o}" for o in OUTCOMES if counts[o]) + ".",
+             data_line(data),
+             f"- Training arguments (every run): `{' '.join(summary['base_args'])}`",
+             f"- Pruning: `--pruning_granularity {summary['granularity']}` at each kept fraction "
+             f"(`--initial_threshold 1 --final_threshold v`), other options `{' '.join(summary['pruning_options'])}`;"
+             " distillation: `--teacher_name_or_path` = the same model's dense run of the same seed (default "
+             "temperature and alpha).",
+             f"- Speed-up: dense run / exported model, CPU, batch {speed['batch']} x {speed['seq']} tokens, median of "
+             f"{speed['repeats']} interleaved forwards after one warm-up (bermo.pruning.timing).", "",
+             "## Targets against the dense model of the same budget", ""]
+    rows = []
+    for model in NAMES:
+        dense = summary["tables"][model]["dense_accuracy"]
+        for entry in summary["tables"][model]["targets"]:
+            best = entry["best"]
+            reached = ("no kept fraction this fast" if best is None else
+                       f"{best['cell']}: {best['speedup']:.2f}x, loss {best['loss_points']:.2f} points "
+                       f"({'met' if best['met'] else 'not met'})")
+            rows.append([NAMES[model], "yes" if entry["distill"] else "no",
+                         f"≤ {entry['max_loss_points']:g} points at {entry['speedup']:g}x", percent(dense["mean"], 2),
+                         reached])
+    lines.append(table(["model", "distillation", "target", "dense accuracy %", "reached"], rows))
+    lines += ["", f"A cell counts for a target when its mean speed-up is at least {1 - summary['speed_tolerance']:.0%} "
+              "of the target's; among those, the most accurate is shown. Loss: dense mean accuracy minus the cell's "
+              "mean, in points.", ""]
+    for model in NAMES:
+        lines += [f"## {NAMES[model]}: accuracy, kept fraction, speed-up", "",
+                  table(["cell", "accuracy % (mean ± sd)", "exported encoder remaining %", "exported parameters",
+                         "speed-up", "finished / runs"],
+                        [[e["cell"], mean_sd(e["accuracy"], 100, 2),
+                          mean_sd(e["exported_remaining_encoder_fraction"], 100, 1),
+                          "n/a" if not e["exported_parameters"]["n"] else f"{e['exported_parameters']['mean']:,.0f}",
+                          "n/a" if not e["speedup"]["n"] else f"{e['speedup']['mean']:.2f}x",
+                          f"{e['finished']}/{e['runs']}"] for e in summary["tables"][model]["cells"]]), ""]
+    lines += ["## Collapse rates (stability study's rule)", "",
+              table(["cell", "BERT collapsed / n, rate % [95% CI]", "BERMo collapsed / n, rate % [95% CI]",
+                     "Fisher p"],
+                    [[("**" + c["cell"] + "**") if c["headline"] else c["cell"], _rate(c["models"]["bert"]),
+                      _rate(c["models"]["bermo"]), number(c["fisher_exact"]["p_value"], 3)]
+                     for c in summary["collapse"]]),
+              "", "Bold: the kept fractions 25% and 10%. CI: Clopper–Pearson; Fisher: two-sided exact test.", "",
+              "## Runs", "",
+              table(["cell", "model", "seed", "outcome", "accuracy %", "exported remaining %", "speed-up", "failure"],
+                    [[r["cell"], NAMES[r["model"]], r["seed"], r["outcome"], percent(r.get("accuracy"), 2),
+                      percent(r.get("exported_remaining_encoder_fraction"), 1),
+                      f"{r['speedup']:.2f}x" if r.get("speedup") else "n/a", (r.get("error") or "")[:120]]
+                     for r in summary["runs"]])]
+    lines += ["", "## Plots", ""] + [f"![{title}]({path})" for title, path in plots]
+    return "\n".join(line for line in lines if line is not None) + "\n"
+
+
+def plot_accuracy_vs_speedup(summary, path):
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(6.4, 4.4))
+    for model in NAMES:
+        entries = summary["tables"][model]["cells"]
+        dense = entries[0]
+        for distill, style in ((False, "-"), (True, "--")):
+            points = [(1.0, dense["accuracy"]["mean"])] if dense["accuracy"]["n"] else []
+            points += sorted((e["speedup"]["mean"], e["accuracy"]["mean"]) for e in entries
+                             if e["fraction"] is not None and e["distill"] == distill and e["speedup"]["n"]
+                             and e["accuracy"]["n"])
+            if points:
+                axis.plot(*zip(*points), style, marker="o", color=COLORS[model],
+                          label=f"{NAMES[model]}{' + distillation' if distill else ''}")
+    for speedup, loss in [(t["speedup"], t["max_loss_points"]) for t in summary["targets"]]:
+        axis.axvline(speedup, color="gray", linestyle=":", linewidth=1)
+        axis.text(speedup, 0.01, f" {speedup:g}x: ≤ {loss:g} pt", transform=axis.get_xaxis_transform(), fontsize=7,
+                  color="gray")
+    axis.set_xlabel("CPU inference speed-up of the exported model (dense = 1)")
+    axis.set_ylabel("final dev accuracy")
+    axis.legend(fontsize=8)
+    axis.set_title(f"{summary['data']['name']}: structured pruning, accuracy against speed-up", fontsize=10)
+    _save(figure, path)
