@@ -118,6 +118,17 @@ def test_glue_test_tsv_with_index_column_loads_for_predictions(tmp_path):
     assert len(data.splits["validation"]) == 872
 
 
+def test_glue_tsv_with_a_byte_order_mark_loads(tmp_path):
+    # GLUE's own MRPC train.tsv begins with a UTF-8 byte-order mark before "Quality"
+    glue = tmp_path / "glue"
+    (glue / "MRPC").mkdir(parents=True)
+    for name in ("train.tsv", "dev.tsv"):
+        (glue / "MRPC" / name).write_bytes(("\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+                                           "1\t1\t2\tHe said so .\tHe told us .\n").encode("utf-8"))
+    data = load_task_data(data_args(task_name="mrpc", glue_dir=str(glue)))
+    assert data.splits["train"].to_dict() == {"sentence1": ["He said so ."], "sentence2": ["He told us ."], "label": [1]}
+
+
 def test_glue_test_tsv_of_pair_tasks_and_cola(tmp_path):
     # MRPC's test.tsv names its text columns as its train.tsv does; CoLA's test.tsv has a header, unlike its train.tsv
     glue = tmp_path / "glue"

@@ -135,7 +135,8 @@ def read_glue_tsv(path, task, test=False):
     its text columns are found by name, and its label only if it has one.
     """
     try:
-        with open(path, encoding="utf-8", newline="") as file:
+        # utf-8-sig: GLUE's own MRPC train.tsv starts with a byte-order mark, which would stick to the first column
+        with open(path, encoding="utf-8-sig", newline="") as file:
             rows = list(csv.reader(file, delimiter="\t", quoting=csv.QUOTE_NONE))
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: not UTF-8 text ({one_line(error)})") from None
