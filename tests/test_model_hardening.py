@@ -173,7 +173,11 @@ for step in range(3):
     ids = torch.randint(1, 99, (4, 8), generator=generator)
     loss = ddp(input_ids=ids, labels=torch.tensor([0, 1, 0, 1])).loss
     loss.backward(); optimizer.step(); optimizer.zero_grad()
-print("rank", sys.argv[1], "ok", float(model.bert.layer_mix.logits.sum()))
+print("rank", sys.argv[1], "ok", float(model.bert.layer_mix.logits.detach().sum()), flush=True)
+# Both ranks finish their collectives before either tears gloo down: without the barrier a rank
+# that destroys its group while its peer still holds the connection can abort at exit (seen in CI).
+dist.barrier()
+del ddp
 dist.destroy_process_group()
 """
 
