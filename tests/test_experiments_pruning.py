@@ -369,6 +369,14 @@ def test_structured_end_to_end_records_sizes_speed_and_refuses_another_configura
     command = summary["command"]
     assert "--study structured" in command and "--lambdas" not in command and "--pruning_granularity" not in command
     assert "## BERMo: accuracy, kept fraction, speed-up" in markdown and "Fisher p" in markdown
+    # BERMo against BERT per cell, paired by seed (one seed here: a difference, no interval)
+    comparison = {c["cell"]: c for c in summary["comparison"]}
+    assert set(comparison) == {"dense", "movement keep 0.5", "movement keep 0.5 + distillation",
+                               "movement keep 0.25", "movement keep 0.25 + distillation"}
+    for entry in comparison.values():
+        assert entry["seeds"] == [1] and entry["ci"] is None
+        assert entry["difference"] == pytest.approx(entry["bermo"] - entry["bert"])
+    assert "## BERMo against BERT, cell by cell" in markdown
     assert (out / "accuracy_vs_speedup.png").stat().st_size > 1000 and "](accuracy_vs_speedup.png)" in markdown
 
     # the same command again: nothing re-run; another grid refused in one line, exit 2
@@ -378,6 +386,23 @@ def test_structured_end_to_end_records_sizes_speed_and_refuses_another_configura
     assert main(structured_argv(tiny_bert, sst2_files, out, "--fractions", "0.5")) == 2
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and "holds runs of another configuration" in error
+
+
+def test_structured_comparison_pairs_seeds_where_both_models_finished():
+    import numpy as np
+
+    from bermo.experiments.structured import compare_models
+
+    correct = {("c", "bert", 0): np.array([1, 0, 1, 0.]), ("c", "bermo", 0): np.array([1, 1, 1, 0.]),
+               ("c", "bert", 1): np.array([1, 0, 0, 0.]), ("c", "bermo", 1): np.array([1, 1, 0, 1.]),
+               ("c", "bert", 2): np.array([1, 1, 1, 1.])}  # seed 2: BERMo diverged (no predictions)
+    result = compare_models(correct, "c", [0, 1, 2], n_resamples=500)
+    assert result["seeds"] == [0, 1]
+    assert result["bert"] == pytest.approx(3 / 8) and result["bermo"] == pytest.approx(6 / 8)
+    assert result["ratio"] == pytest.approx(2.0) and result["difference"] == pytest.approx(3 / 8)
+    low, high = result["ci"]
+    assert low <= 3 / 8 <= high and low < high
+    assert compare_models(correct, "other", [0, 1])["difference"] is None
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -416,7 +416,8 @@ def run(args):
         if args.launcher == "plan":
             return experiment.output_dir / "pending.txt"
         summary = analyze_structured(experiment, records, data, checkpoint=args.model_name_or_path,
-                                     command=experiment_command(args))
+                                     command=experiment_command(args), confidence=args.confidence,
+                                     n_bootstrap=args.n_bootstrap)
         write_structured_report(experiment.output_dir, summary)
         return experiment.output_dir / "summary.md"
     records = launch(experiment, args)

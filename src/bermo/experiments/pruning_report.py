@@ -431,6 +431,17 @@ def structured_markdown(summary, plots):
                           "n/a" if not e["exported_parameters"]["n"] else f"{e['exported_parameters']['mean']:,.0f}",
                           "n/a" if not e["speedup"]["n"] else f"{e['speedup']['mean']:.2f}x",
                           f"{e['finished']}/{e['runs']}"] for e in summary["tables"][model]["cells"]]), ""]
+    level = f"{summary.get('confidence', 0.95):.0%}"
+    lines += ["## BERMo against BERT, cell by cell", "",
+              table(["cell", "seeds", "BERT accuracy %", "BERMo accuracy %", "ratio BERMo / BERT",
+                     f"BERMo − BERT, points [{level} CI]"],
+                    [[c["cell"], len(c["seeds"]), percent(c["bert"], 2), percent(c["bermo"], 2),
+                      "n/a" if c["ratio"] is None else f"{c['ratio']:.3f}",
+                      "n/a" if c["difference"] is None else f"{100 * c['difference']:+.2f}" + (
+                          "" if c["ci"] is None else f" [{100 * c['ci'][0]:+.2f}, {100 * c['ci'][1]:+.2f}]")]
+                     for c in summary.get("comparison", [])]),
+              "", "Paired by seed over the seeds where both models finished; CI: bootstrap over seeds and dev "
+              "examples (the convergence tables' two-level bootstrap).", ""]
     lines += ["## Collapse rates (stability study's rule)", "",
               table(["cell", "BERT collapsed / n, rate % [95% CI]", "BERMo collapsed / n, rate % [95% CI]",
                      "Fisher p"],

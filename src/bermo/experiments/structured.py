@@ -150,7 +150,7 @@ def measure_speed(run_folder, dense_folder, batch, seq, repeats):
 # Analysis
 
 
-def analyze(experiment, records, data, checkpoint=None, command=None):
+def analyze(experiment, records, data, checkpoint=None, command=None, confidence=0.95, n_bootstrap=2000):
     from .pruning import collapse_rate, compare_collapse, run_outcome
 
     config = experiment.config
@@ -158,7 +158,7 @@ def analyze(experiment, records, data, checkpoint=None, command=None):
     dense_ids = {(run.config["model_type"], run.config["seed"]): run.id for run in experiment.runs
                  if run.config["cell"]["method"] == "dense"}
     speed = config["speed"]
-    rows = []
+    rows, correct = [], {}  # correct[(cell, model, seed)]: per dev example, 1 where the final prediction is right
     for run in experiment.runs:
         c, model, seed = run.config["cell"], run.config["model_type"], run.config["seed"]
         row = {"cell": cell_name(c), "method": c["method"], "fraction": c["fraction"], "distill": c["distill"],
@@ -171,6 +171,8 @@ def analyze(experiment, records, data, checkpoint=None, command=None):
         predictions = None if curve is None else curve["predictions"][-1]
         row.update(run_outcome(record["status"], record.get("error"), predictions, references),
                    error=record.get("error"))
+        if row["accuracy"] is not None:
+            correct[row["cell"], model, seed] = (np.asarray(predictions) == np.asarray(references)).astype(float)
         final_file = experiment.run_dir(run) / "train" / "final_metrics.json"
         exported = json.loads(final_file.read_text()) if final_file.is_file() else {}
         for key in ("exported_remaining_encoder_fraction", "exported_parameters", "exported_encoder_parameters"):
@@ -218,13 +220,34 @@ def analyze(experiment, records, data, checkpoint=None, command=None):
         collapse.append({"cell": cell_name(c), "fraction": c["fraction"], "distill": c["distill"],
                          "headline": any(math.isclose(c["fraction"], f) for f in COLLAPSE_FRACTIONS),
                          "models": rates, "fisher_exact": compare_collapse(rates["bert"], rates["bermo"])})
+    comparison = [{"cell": cell_name(c), "fraction": c["fraction"], "distill": c["distill"],
+                   **compare_models(correct, cell_name(c), config["seeds"], confidence, n_bootstrap)} for c in cells]
     summary = {"experiment": "pruning", "study": "structured", "data": data, "checkpoint": checkpoint,
                "command": command, "seeds": config["seeds"], "base_args": config["base_args"],
                "pruning_options": config["pruning_options"], "granularity": config["granularity"],
-               "speed": speed, "runs": rows, "tables": tables, "collapse": collapse,
+               "speed": speed, "runs": rows, "tables": tables, "collapse": collapse, "comparison": comparison,
+               "confidence": confidence,
                "targets": [{"speedup": s, "max_loss_points": p} for s, p in TARGETS],
                "speed_tolerance": SPEED_TOLERANCE}
     return json_safe(summary)
+
+
+def compare_models(correct, name, seeds, confidence=0.95, n_resamples=2000):
+    """BERMo - BERT in one cell, paired by seed: {"seeds", "bert", "bermo" (mean accuracies over those seeds),
+    "ratio" (BERMo / BERT), "difference", "ci" (two-level bootstrap over seeds and dev examples, as the convergence
+    tables; None with fewer than 2 seeds)}. Only seeds where both models finished with predictions count (a
+    diverged run has none)."""
+    paired = [s for s in seeds if (name, "bert", s) in correct and (name, "bermo", s) in correct]
+    if not paired:
+        return {"seeds": [], "bert": None, "bermo": None, "ratio": None, "difference": None, "ci": None}
+    bert = np.stack([correct[name, "bert", s] for s in paired])
+    bermo = np.stack([correct[name, "bermo", s] for s in paired])
+    out = {"seeds": paired, "bert": float(bert.mean()), "bermo": float(bermo.mean()),
+           "ratio": float(bermo.mean() / bert.mean()) if bert.mean() > 0 else None,
+           "difference": float((bermo - bert).mean()), "ci": None}
+    if len(paired) >= 2:
+        out["ci"] = stats.paired_difference(bert, bermo, n_resamples, confidence, seed=0)["ci"]
+    return out
 
 
 def targets_reached(entries, dense):
