@@ -5,6 +5,7 @@ This file travels with every BERMo checkpoint (`trust_remote_code=True`): it imp
 """
 
 import torch
+import transformers
 from transformers import PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
@@ -19,7 +20,7 @@ BERMO_VERSION = "0.1.0"
 LAST_INIT_OTHER_LOGIT = -20.0
 
 # The encoder families a BERMo model can be built on (`backbone_model_type`): transformers' model_type of each.
-# BERT is the original BERMo; the others are described in `families_bermo.py` (transformers 5).
+# BERT is the original BERMo; the others are described in `families_bermo.py`.
 BACKBONE_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2", "modernbert")
 
 
@@ -36,6 +37,12 @@ def parse_last_weight(mix_init):
     if not 0 < weight < 1:
         raise ValueError(f"mix_init {mix_init!r}: the last representation's weight P must be in (0, 1)")
     return weight
+
+
+def _modernbert_layer_types(num_hidden_layers, global_attn_every_n_layers):
+    """ModernBERT's layer pattern: a global-attention layer every n layers (the first one included), the others
+    sliding-window."""
+    return ["sliding_attention" if i % global_attn_every_n_layers else "full_attention" for i in range(num_hidden_layers)]
 
 
 class BermoConfig(PretrainedConfig):
@@ -160,6 +167,10 @@ class BermoConfig(PretrainedConfig):
         `sliding_window`) stored plainly, since the family's modules read this config."""
         family_class = CONFIG_MAPPING[self.backbone_model_type]
         defaults = family_class().to_dict()
+        if self.backbone_model_type == "modernbert":
+            given = self._complete_modernbert_spellings(given, defaults)
+            # read by transformers 4.x's ModernBERT modules, left out of its `to_dict` (None: decided at run time)
+            self.reference_compile = given.get("reference_compile")
         for key, value in defaults.items():
             if key not in given and getattr(self, key, None) is None:
                 setattr(self, key, value)
@@ -173,6 +184,39 @@ class BermoConfig(PretrainedConfig):
             backbone = self.backbone_config()
             for name in derived:
                 setattr(self, name, getattr(backbone, name))
+
+    def _complete_modernbert_spellings(self, given, defaults):
+        """ModernBERT's layer pattern and rotary bases have two spellings: transformers 5's `layer_types` and
+        `rope_parameters`, transformers 4.x's `global_attn_every_n_layers`, `global_rope_theta` and `local_rope_theta`.
+        The one given is completed with the other (before defaults are filled in), so that a config written under
+        either version describes the same model under both. Returns `given` with the completed names."""
+        given = dict(given)
+        layer_types, every = given.get("layer_types"), given.get("global_attn_every_n_layers")
+        if layer_types is not None and every is None:
+            every = next((n for n in range(1, len(layer_types) + 1) if layer_types == _modernbert_layer_types(
+                len(layer_types), n)), None)
+            if every is None and "global_attn_every_n_layers" in defaults:  # the installed modules read it
+                raise ValueError(f"ModernBERT layer_types {layer_types} are not one global layer every n layers, "
+                                 f"which transformers {transformers.__version__}'s ModernBERT can express")
+        elif layer_types is None and every is not None:
+            layer_types = _modernbert_layer_types(self.num_hidden_layers, every)
+        rope, thetas = given.get("rope_parameters"), (given.get("global_rope_theta"), given.get("local_rope_theta"))
+        if rope is not None and None in thetas:
+            for kind in ("full_attention", "sliding_attention"):
+                if rope[kind].get("rope_type", "default") != "default" and "rope_parameters" not in defaults:
+                    raise ValueError(f"ModernBERT rope_parameters {rope}: transformers {transformers.__version__}'s "
+                                     f"ModernBERT has only the default rotary embedding")
+            thetas = (rope["full_attention"]["rope_theta"], rope["sliding_attention"]["rope_theta"])
+        elif rope is None and None not in thetas:
+            rope = {kind: {"rope_type": "default", "rope_theta": theta}
+                    for kind, theta in zip(("full_attention", "sliding_attention"), thetas)}
+        completed = {"layer_types": layer_types, "global_attn_every_n_layers": every, "rope_parameters": rope,
+                     "global_rope_theta": thetas[0], "local_rope_theta": thetas[1]}
+        for name, value in completed.items():
+            if value is not None and given.get(name) is None:
+                setattr(self, name, value)
+                given[name] = value
+        return given
 
     def backbone_config(self):
         """The family's own config (e.g. `RobertaConfig`) with this config's values, mix fields left out."""

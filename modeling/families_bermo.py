@@ -20,9 +20,12 @@ parameter-free layer norm on top). DeBERTa-v2 feeds the relative position embedd
 hidden states itself (no `output_hidden_states=[...]` index lists): its layers are called with them, and hidden
 states and attentions are collected here.
 
-RoBERTa, XLM-R, ELECTRA and DeBERTa-v2 also run on transformers 4.57; DistilBERT and ModernBERT need transformers 5
-(their 4.x layers take other arguments). This file travels with every checkpoint
-(`trust_remote_code=True`): it imports only `torch`, `transformers` and its sibling files, and defines classes.
+Every family runs on transformers 5 and on 4.57. Where a family's 4.x modules differ, its description follows what
+the installed version offers: DistilBERT 4.x gets its own mask preparation and its layers return (attentions, hidden
+state); ModernBERT 4.x builds its global and sliding-window masks itself (`_update_attention_mask`), applies rotary
+embeddings inside attention, and takes flash_attention_2 only on unpadded inputs (refused there: sdpa and eager run).
+This file travels with every checkpoint (`trust_remote_code=True`): it imports only `torch`, `transformers` and its
+sibling files, and defines classes.
 """
 
 import inspect
@@ -42,8 +45,9 @@ from .modeling_bermo import BermoLayerMix, BermoMixAccumulator, BermoModel, Berm
 try:  # transformers 5
     from transformers.masking_utils import create_bidirectional_mask, create_bidirectional_sliding_window_mask
     from transformers.utils.output_capturing import capture_outputs
-except ImportError:  # transformers 4.x: the families whose layers it calls as transformers 5 does (supports_transformers_4)
+except ImportError:  # transformers 4.x: each family's own mask preparation; layers return tuples
     create_bidirectional_mask = create_bidirectional_sliding_window_mask = capture_outputs = None
+    from transformers.modeling_attn_mask_utils import _prepare_4d_attention_mask_for_sdpa
 
 HEAD_AUTO_CLASSES = (
     "AutoModelForSequenceClassification",
@@ -62,8 +66,6 @@ class BermoFamily:
     name = None  # the family's class-name prefix: "Roberta" -> RobertaModel, RobertaForSequenceClassification, ...
     # Auto classes whose head reads only the first position (the mix then mixes that position only)
     first_token_heads = ("AutoModelForSequenceClassification", "AutoModelForMultipleChoice")
-    # whether it also runs on transformers 4.57 (layers returning tuples, BERT's mask helpers there)
-    supports_transformers_4 = True
 
     def layers(self, backbone):
         return backbone.encoder.layer
@@ -126,20 +128,37 @@ class ElectraFamily(BermoFamily):
 
 
 class DistilBertFamily(BermoFamily):
+    """On transformers 4.x: DistilBertModel's own mask preparation, embeddings without position ids, and layers
+    `(x, attn_mask, head_mask, output_attentions)` returning (hidden state,) or (attentions, hidden state)."""
+
     model_type, module, name = "distilbert", modeling_distilbert, "DistilBert"
-    supports_transformers_4 = False
 
     def layer_context(self, backbone, hidden_state, attention_mask, position_ids, output_attentions):
-        return create_bidirectional_mask(config=backbone.config, inputs_embeds=hidden_state, attention_mask=attention_mask)
+        if create_bidirectional_mask is not None:  # transformers 5
+            return create_bidirectional_mask(
+                config=backbone.config, inputs_embeds=hidden_state, attention_mask=attention_mask
+            )
+        # transformers 4.x, as DistilBertModel.forward: flash attention takes the (batch, length) mask (none without
+        # padding), SDPA a 4-d additive one (unless attentions are returned: then eager, which takes (batch, length))
+        implementation = backbone.config._attn_implementation
+        if implementation == "flash_attention_2":
+            return attention_mask if bool((attention_mask == 0).any()) else None
+        if implementation == "sdpa" and not output_attentions:
+            return _prepare_4d_attention_mask_for_sdpa(attention_mask, hidden_state.dtype, tgt_len=hidden_state.shape[1])
+        return attention_mask
 
     def layers(self, backbone):
         return backbone.transformer.layer
 
     def embed(self, backbone, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds):
+        if position_ids is None:  # (transformers 4.x's embeddings take no position ids)
+            return backbone.embeddings(input_ids, inputs_embeds)
         return backbone.embeddings(input_ids, inputs_embeds, position_ids)
 
     def run_layer(self, backbone, index, layer, hidden_state, context, kwargs):
-        return layer(hidden_state, attention_mask=context, **kwargs)
+        output = layer(hidden_state, context, **kwargs)  # the mask is `attention_mask` in 5, `attn_mask` in 4.x
+        # transformers 4.x: (hidden state,) or (attentions, hidden state), turned into the loop's (hidden state, ...)
+        return output[::-1] if isinstance(output, tuple) else output
 
 
 class DebertaV2Family(BermoFamily):
@@ -175,10 +194,10 @@ class DebertaV2Family(BermoFamily):
 
 class ModernBertFamily(BermoFamily):
     """Pre-LN: every representation goes through `final_norm` before mixing. Global and sliding-window layers, each
-    with its mask and rotary embeddings."""
+    with its mask and rotary embeddings. On transformers 4.x the model makes both masks (`_update_attention_mask`)
+    and each layer picks its own and applies rotary embeddings inside attention, from the position ids."""
 
     model_type, module, name = "modernbert", modeling_modernbert, "ModernBert"
-    supports_transformers_4 = False
 
     def layers(self, backbone):
         return backbone.layers
@@ -187,9 +206,11 @@ class ModernBertFamily(BermoFamily):
         return backbone.embeddings(input_ids=input_ids, inputs_embeds=inputs_embeds)
 
     def layer_context(self, backbone, hidden_state, attention_mask, position_ids, output_attentions):
-        arguments = dict(config=backbone.config, inputs_embeds=hidden_state, attention_mask=attention_mask)
         if position_ids is None:
             position_ids = torch.arange(hidden_state.shape[1], device=hidden_state.device).unsqueeze(0)
+        if hasattr(backbone, "_update_attention_mask"):  # transformers 4.x: the layers' own keyword arguments
+            return self._layer_arguments_4x(backbone, attention_mask, position_ids, output_attentions)
+        arguments = dict(config=backbone.config, inputs_embeds=hidden_state, attention_mask=attention_mask)
         return {
             "masks": {
                 "full_attention": create_bidirectional_mask(**arguments),
@@ -201,7 +222,21 @@ class ModernBertFamily(BermoFamily):
             },
         }
 
+    def _layer_arguments_4x(self, backbone, attention_mask, position_ids, output_attentions):
+        if backbone.config._attn_implementation == "flash_attention_2":
+            raise ValueError(
+                "BERMo on ModernBERT runs flash_attention_2 only on transformers 5 (transformers "
+                f"{transformers.__version__}'s ModernBERT layers need unpadded inputs for it): load the model with "
+                "attn_implementation='sdpa' or 'eager', or upgrade transformers"
+            )
+        backbone._maybe_set_compile()  # as ModernBertModel.forward: its `reference_compile` resolved
+        # (with attentions asked for under sdpa, this switches the model to eager attention, as ModernBertModel does)
+        global_mask, sliding_window_mask = backbone._update_attention_mask(attention_mask, output_attentions)
+        return {"attention_mask": global_mask, "sliding_window_mask": sliding_window_mask, "position_ids": position_ids}
+
     def run_layer(self, backbone, index, layer, hidden_state, context, kwargs):
+        if "sliding_window_mask" in context:  # transformers 4.x: returns (hidden state,) or (hidden state, attentions)
+            return layer(hidden_state, **context, **kwargs)
         kind = layer.attention_type
         return layer(
             hidden_state, attention_mask=context["masks"][kind], position_embeddings=context["position_embeddings"][kind],
@@ -350,7 +385,6 @@ class BermoFamilyHeadMixin(BermoPreTrainedMixin):
     accepts_loss_kwargs = False
 
     def __init__(self, config, *args, **kwargs):
-        _require_supported_transformers(self.family, config)
         self._bermo_building = True  # the family's __init__ ends with post_init: run once, with the mixing backbone
         # (the family's own base model, built and replaced below, consumes this old config flag in its post_init)
         checkpointing = getattr(config, "gradient_checkpointing", False)
@@ -375,22 +409,12 @@ class BermoFamilyHeadMixin(BermoPreTrainedMixin):
         return tuple(bermo_family_classes(self.family.model_type).values())
 
 
-def _require_supported_transformers(family, config):
-    if capture_outputs is None and not family.supports_transformers_4:
-        supported = ", ".join(name for name, each in FAMILIES.items() if each.supports_transformers_4)
-        raise ImportError(
-            f"BERMo on {config.backbone_model_type} needs transformers 5.5+ (this is {transformers.__version__}); "
-            f"on transformers 4.x BERMo supports bert, {supported}"
-        )
-
-
 def _make_family_classes(family):
     """The BERMo classes of one family: its backbone (AutoModel) and one class per head, each named Bermo + the
     family's class name (BermoRobertaModel, BermoRobertaForSequenceClassification, ...)."""
     vanilla_base = family.vanilla_class("AutoModel")
 
     def backbone_init(self, config, **options):
-        _require_supported_transformers(family, config)
         self.mix_first_token_only = False
         vanilla_base.__init__(self, config, **options)
 

@@ -4,12 +4,14 @@
     python tests/remote_code_roundtrip.py check DIR   # needs only torch + transformers + safetensors
 
 `write` saves every head of BERT-based BERMo (DIR/<class>) and of every other supported encoder family
-(DIR/<family>/<class>: RoBERTa, XLM-R, ELECTRA, DistilBERT, DeBERTa-v2, ModernBERT). `check` loads every checkpoint in
-DIR through AutoConfig, AutoModel and every Auto class named in its `auto_map` with trust_remote_code=True, asserts
-the classes came from the checkpoint's own files (not an installed package) and are the ones `auto_map` names, and
-that the outputs equal the reference saved by `write`. The test suite runs `check` in a process where `bermo` cannot
-be imported; CI also runs it under transformers 4.57 in a virtual environment without our package. DistilBERT and
-ModernBERT need transformers 5: under 4.x, `check` asserts that loading them fails with that one-line message.
+(DIR/<family>/<class>: RoBERTa, XLM-R, ELECTRA, DistilBERT, DeBERTa-v2, ModernBERT), and each family's own vanilla
+model of every head (DIR/vanilla/<family>/<Auto class>). `check` loads every BERMo checkpoint in DIR through
+AutoConfig, AutoModel and every Auto class named in its `auto_map` with trust_remote_code=True, asserts the classes
+came from the checkpoint's own files (not an installed package) and are the ones `auto_map` names, and that the
+outputs equal the reference saved by `write`; then it loads every vanilla checkpoint into the BERMo class of its head
+(from the remote code) with the last-layer mix init (`mix_init="last"`) and asserts that its output equals the
+vanilla model's, both run by the installed transformers. The test suite runs `check` in a process where `bermo`
+cannot be imported; CI also runs it under transformers 4.57 in a virtual environment without our package.
 """
 
 import argparse
@@ -47,12 +49,16 @@ def reference_outputs(model, auto_class):
 
 
 FAMILY_AUTO_CLASSES = list(HEADS)
-NEEDS_TRANSFORMERS_5 = ("distilbert", "modernbert")  # BERMo on them refuses transformers 4.x, in one line
+VANILLA = "vanilla"  # DIR/vanilla/<family>/<Auto class>: the family's own models
 
 
 def family_folders(directory):
     """(family, folder holding its checkpoints) for every family other than BERT that `write` saved."""
     return sorted((path.name, path) for path in Path(directory).iterdir() if (path / "family.json").is_file())
+
+
+def num_labels_of(auto_class):
+    return 2 if auto_class == "AutoModelForQuestionAnswering" else 3  # extractive QA: a span's start and end
 
 
 def write_families(directory):
@@ -63,8 +69,8 @@ def write_families(directory):
 
     for family in FAMILIES:
         for auto_class, model_class in bermo_family_classes(family).items():
-            num_labels = 2 if auto_class == "AutoModelForQuestionAnswering" else 3
-            config = BermoConfig.for_backbone(tiny_family_config(family, num_labels=num_labels), mix_layers=[0, -2, -1])
+            config = BermoConfig.for_backbone(tiny_family_config(family, num_labels=num_labels_of(auto_class)),
+                                              mix_layers=[0, -2, -1])
             torch.manual_seed(0)
             model = model_class(config)
             with torch.no_grad():
@@ -74,10 +80,31 @@ def write_families(directory):
             model.save_pretrained(folder)
             save_file(reference_outputs(model, auto_class), str(folder / "reference_outputs.safetensors"))
         (Path(directory) / family / "family.json").write_text(json.dumps({"backbone_model_type": family}))
+        write_vanilla(directory, family, tiny_family_config)
+
+
+def write_vanilla(directory, family, tiny_family_config):
+    """The family's own model of every head, as transformers saves it. A ModernBERT config.json gets transformers
+    4.x's spelling of its layer pattern and rotary bases too (`global_attn_every_n_layers`, ...), which transformers 5
+    writes only as `layer_types` and `rope_parameters`: so that it is the same model under both."""
+    import transformers
+
+    for auto_class in FAMILY_AUTO_CLASSES:
+        torch.manual_seed(0)
+        model = getattr(transformers, auto_class).from_config(tiny_family_config(family, num_labels=num_labels_of(auto_class)))
+        folder = Path(directory) / VANILLA / family / auto_class
+        model.save_pretrained(folder)
+        if family == "modernbert":
+            fields = json.loads((folder / "config.json").read_text())
+            layer_types, rope = fields["layer_types"], fields["rope_parameters"]
+            every = layer_types[1:].index("full_attention") + 1 if "full_attention" in layer_types[1:] else len(layer_types)
+            fields.update(global_attn_every_n_layers=every, global_rope_theta=rope["full_attention"]["rope_theta"],
+                          local_rope_theta=rope["sliding_attention"]["rope_theta"])
+            (folder / "config.json").write_text(json.dumps(fields, indent=2))
 
 
 def check_families(directory):
-    """Every family's checkpoints under transformers 5; under 4.x, the one-line refusal. Returns the count."""
+    """Every family's BERMo checkpoints: their remote-code classes and outputs. Returns the count."""
     import transformers
 
     checked = 0
@@ -86,15 +113,6 @@ def check_families(directory):
             auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
             assert set(HEADS) | {"AutoConfig"} <= set(auto_map), f"{folder}: auto_map lacks entries: {auto_map}"
             auto_class = next(name for name, entry in auto_map.items() if entry.endswith("." + folder.name))
-            if int(transformers.__version__.split(".")[0]) < 5 and family in NEEDS_TRANSFORMERS_5:
-                try:
-                    getattr(transformers, auto_class).from_pretrained(folder, trust_remote_code=True)
-                except ImportError as error:
-                    assert "needs transformers 5.5+" in str(error), error
-                else:
-                    raise AssertionError(f"{folder} loaded under transformers {transformers.__version__}")
-                checked += 1
-                continue
             reference = load_file(str(folder / "reference_outputs.safetensors"))
             for loader in sorted({auto_class, "AutoModel"}):
                 model = getattr(transformers, loader).from_pretrained(folder, trust_remote_code=True)
@@ -110,6 +128,48 @@ def check_families(directory):
     return checked
 
 
+def check_vanilla_equivalence(directory):
+    """Every family's vanilla checkpoint of every head, loaded into BERMo's class of that head (the remote code's)
+    with mix_init="last", gives the vanilla model's output (both on the installed transformers). Returns the count."""
+    import transformers
+
+    checked = 0
+    for family, family_folder in family_folders(directory):
+        bermo_classes = {}
+        for folder in (path for path in family_folder.iterdir() if path.is_dir()):
+            auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+            auto_class = next(name for name, entry in auto_map.items() if entry.endswith("." + folder.name))
+            bermo_classes[auto_class] = folder
+        for auto_class in FAMILY_AUTO_CLASSES:
+            vanilla_folder = Path(directory) / VANILLA / family / auto_class
+            vanilla = getattr(transformers, auto_class).from_pretrained(vanilla_folder).eval()
+            bermo_class = type(getattr(transformers, auto_class).from_pretrained(
+                bermo_classes[auto_class], trust_remote_code=True))
+            verbosity = transformers.logging.get_verbosity()
+            transformers.logging.set_verbosity_error()  # (the expected "newly initialized: [...layer_mix...]" notice)
+            try:
+                model = bermo_class.from_pretrained(vanilla_folder, mix_init="last").eval()
+            finally:
+                transformers.logging.set_verbosity(verbosity)
+            missing = [name for name, _ in model.named_parameters() if "layer_mix." in name]
+            assert len(missing) == 2, missing
+            assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+            assert model.config.mix_init == "last", model.config.mix_init
+            key = {"AutoModel": "last_hidden_state", "AutoModelForQuestionAnswering": "start_logits"}.get(auto_class, "logits")
+            for inputs in (example_inputs(auto_class), left_padded(example_inputs(auto_class))):
+                with torch.no_grad():
+                    expected, actual = vanilla(**inputs)[key], model(**inputs)[key]
+                assert actual.shape == expected.shape, (family, auto_class, actual.shape, expected.shape)
+                difference = (actual - expected).abs().max().item()
+                assert difference <= 1e-5, f"{family} {auto_class}: BERMo (last) differs from vanilla by {difference}"
+            checked += 1
+    return checked
+
+
+def left_padded(inputs):
+    return {name: tensor.flip(-1) if name == "attention_mask" else tensor for name, tensor in inputs.items()}
+
+
 def write(directory):
     import transformers
 
@@ -121,8 +181,7 @@ def write(directory):
         max_position_embeddings=64, num_labels=3, mix_layers=[0, -2, -1], mix_layer_norm=True,
     )
     for auto_class, class_name in HEADS.items():
-        # extractive QA scores a span's start and end: two outputs
-        config.num_labels = 2 if auto_class == "AutoModelForQuestionAnswering" else 3
+        config.num_labels = num_labels_of(auto_class)
         model = getattr(bermo, class_name)(config)
         with torch.no_grad():  # a mix away from its init, so that a silent re-initialization would show
             model.base_model.layer_mix.logits.copy_(torch.tensor([0.5, -1.0, 2.0]))
@@ -196,9 +255,13 @@ def check(directory):
     check_outputs_and_training(Path(directory) / "BermoForSequenceClassification")
     check_shrunk(Path(directory) / SHRUNK)
     families = check_families(directory)
-    refused = f" ({', '.join(NEEDS_TRANSFORMERS_5)}: refused with the transformers-5 message)" if transformers.__version__ < "5" else ""
-    print(f"remote code OK: {checked + families} checkpoints{refused} and a structurally pruned one, every auto_map "
-          f"entry, transformers {transformers.__version__}")
+    vanilla = check_vanilla_equivalence(directory)
+    print(f"remote code OK: {checked + families} checkpoints and a structurally pruned one, every auto_map entry, "
+          f"transformers {transformers.__version__}")
+    print(f"last-layer init OK: {vanilla} heads of {len(family_folders(directory))} families equal the family's own "
+          f"model (<= 1e-5), transformers {transformers.__version__}")
+
+
 def check_shrunk(folder):
     """The pruned checkpoint loads with its per-layer sizes and gives the exported model's outputs."""
     import transformers

@@ -386,3 +386,26 @@ def test_gradient_checkpointing_flag_of_a_config_reaches_the_mixing_backbone(fam
     config.gradient_checkpointing = True  # (the old way: post_init turns it on)
     model = bermo_family_classes(family)["AutoModelForSequenceClassification"](config)
     assert model.is_gradient_checkpointing and model.base_model.is_gradient_checkpointing
+
+
+def test_modernbert_config_holds_both_spellings_of_its_layer_pattern_and_rotary_bases():
+    """transformers 5 spells them `layer_types`/`rope_parameters`, 4.x `global_attn_every_n_layers`/`global_rope_theta`/
+    `local_rope_theta`: a BERMo config completes either with the other, so a checkpoint is the same model under both
+    (the 4.57 side is checked by the remote-code round trip)."""
+    pattern = ["full_attention", "sliding_attention", "full_attention"]
+    config = BermoConfig.for_backbone(tiny_family_config("modernbert"))  # global_attn_every_n_layers=2
+    assert config.layer_types == pattern and config.global_attn_every_n_layers == 2
+    assert config.global_rope_theta == config.rope_parameters["full_attention"]["rope_theta"]
+    assert config.local_rope_theta == config.rope_parameters["sliding_attention"]["rope_theta"]
+    # as written under transformers 4.x (only its spellings), with other rotary bases
+    fields = {key: value for key, value in config.to_dict().items() if key not in ("layer_types", "rope_parameters")}
+    fields.update(global_rope_theta=1000.0, local_rope_theta=100.0)
+    written_by_4 = BermoConfig.from_dict(fields)
+    assert written_by_4.layer_types == pattern
+    assert written_by_4.rope_parameters["full_attention"]["rope_theta"] == 1000.0
+    assert written_by_4.rope_parameters["sliding_attention"]["rope_theta"] == 100.0
+    model = bermo_family_classes("modernbert")["AutoModel"](written_by_4)
+    assert [layer.attention_type for layer in model.layers] == pattern
+    # a layer pattern that is not one global layer every n layers stays as it is where transformers 5 reads it
+    irregular = BermoConfig.for_backbone(tiny_family_config("modernbert", layer_types=pattern[::-1][1:] + ["sliding_attention"]))
+    assert irregular.layer_types == ["sliding_attention", "full_attention", "sliding_attention"]
