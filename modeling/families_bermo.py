@@ -40,7 +40,7 @@ from transformers.models.modernbert import modeling_modernbert
 from transformers.models.roberta import modeling_roberta
 from transformers.models.xlm_roberta import modeling_xlm_roberta
 
-from .modeling_bermo import BermoLayerMix, BermoMixAccumulator, BermoModel, BermoPreTrainedMixin, _return
+from .modeling_bermo import BermoLayerMix, BermoMixAccumulator, BermoModel, BermoPreTrainedMixin, _output_flags, _return
 
 try:  # transformers 5
     from transformers.masking_utils import create_bidirectional_mask, create_bidirectional_sliding_window_mask
@@ -288,24 +288,12 @@ class BermoFamilyBackboneMixin(BermoPreTrainedMixin):
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             position_ids=position_ids, inputs_embeds=inputs_embeds,
         )
-        flags = dict(output_attentions=output_attentions, output_hidden_states=output_hidden_states)
-        flags = {name: value for name, value in flags.items() if value is not None}
-        selection = flags.get("output_hidden_states", self.config.output_hidden_states)
-        if selection is not None and not isinstance(selection, bool):
-            flags["output_hidden_states"] = self._built_hidden_state_indices(selection)
+        flags = _output_flags(self.config, output_attentions, output_hidden_states, len(self.family.layers(self)) + 1)
         if self.family.captures_outputs():
             if return_dict is not None:
                 flags["return_dict"] = return_dict
             return self._captured_forward(**inputs, **flags, **kwargs)
         return _return(self._mixed_forward(**inputs, **flags, collect=True, **kwargs), return_dict, self.config)
-
-    def _built_hidden_state_indices(self, selection):
-        """`output_hidden_states=[...]`, negative indices counted from the last layer built (as `BermoModel`)."""
-        count = len(self.family.layers(self)) + 1
-        return [
-            (index + count if index >= -count else count) if index < 0 else index
-            for index in ([selection] if isinstance(selection, int) else selection)
-        ]
 
     def _mixed_forward(
         self,

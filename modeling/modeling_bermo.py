@@ -386,36 +386,37 @@ class BermoModel(BermoPreTrainedModel, BertModel):
             inputs_embeds=inputs_embeds,
             mix_first_token_only=mix_first_token_only,
         )
-        # flags left at None fall back to the config (an explicit None would hide `config.output_hidden_states`)
-        flags = dict(output_attentions=output_attentions, output_hidden_states=output_hidden_states)
-        flags = {name: value for name, value in flags.items() if value is not None}
+        flags = _output_flags(self.config, output_attentions, output_hidden_states, len(self.encoder.layer) + 1)
         if capture_outputs is not None:  # transformers 5: its own thread-safe capture of hidden states, attentions
-            selection = flags.get("output_hidden_states", self.config.output_hidden_states)
-            if selection is not None and not isinstance(selection, bool):
-                flags["output_hidden_states"] = self._built_hidden_state_indices(selection)
             if return_dict is not None:
                 flags["return_dict"] = return_dict
             return self._captured_forward(**inputs, **flags, **kwargs)
         output = self._mixed_forward(**inputs, **flags, **kwargs)
         return _return(output, return_dict, self.config)
 
-    def _built_hidden_state_indices(self, selection):
-        """`output_hidden_states=[...]` (transformers 5) with its negative indices counted from the last layer built.
-
-        transformers counts them from `config.num_hidden_layers`, whose top layers are not built when the mix stops
-        below them: `[-1]` would select a state that never comes and return only `None`s. Here `hidden_states[i]` is
-        what the same index picks from `output_hidden_states=True`'s states; an index past them selects nothing.
-        """
-        count = len(self.encoder.layer) + 1  # h_0..h_k, the states that are computed
-        resolved = []
-        for index in [selection] if isinstance(selection, int) else selection:
-            if index < 0:  # from the end; before h_0 it selects nothing, as `count` (past the last state) does
-                index = index + count if index >= -count else count
-            resolved.append(index)
-        return resolved
-
     if capture_outputs is not None:
         _captured_forward = capture_outputs(tie_last_hidden_states=False)(_mixed_forward)
+
+
+def _output_flags(config, output_attentions, output_hidden_states, built_states):
+    """The output flags a mixing backbone passes on: those left at None fall back to the config (an explicit None
+    would hide `config.output_hidden_states`), and `output_hidden_states=[...]` (transformers 5) gets its negative
+    indices counted from the last state built (`built_states` = h_0..h_k).
+
+    transformers counts them from `config.num_hidden_layers`, whose top layers are not built when the mix stops below
+    them: `[-1]` would select a state that never comes and return only `None`s. Here `hidden_states[i]` is what the
+    same index picks from `output_hidden_states=True`'s states; an index past them selects nothing."""
+    flags = dict(output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+    flags = {name: value for name, value in flags.items() if value is not None}
+    selection = flags.get("output_hidden_states", config.output_hidden_states)
+    if selection is not None and not isinstance(selection, bool):
+        resolved = []
+        for index in [selection] if isinstance(selection, int) else selection:
+            if index < 0:  # from the end; before h_0 it selects nothing, as `built_states` (past the last) does
+                index = index + built_states if index >= -built_states else built_states
+            resolved.append(index)
+        flags["output_hidden_states"] = resolved
+    return flags
 
 
 def _classifier_dropout(config):
