@@ -327,7 +327,7 @@ def plan_conversion(source_shapes, target_shapes, head_prefixes, target_prefix="
     def target_name(key):  # canonical source name -> output name
         return target_prefix + key.removeprefix("bert.") if key.startswith("bert.") else key
 
-    mismatched, missing = [], []
+    mismatched = []
     for key, name in canonical.items():
         output = target_name(key)
         if key.startswith(SOURCE_HEAD_PREFIXES) and not keep_source_head:
@@ -341,15 +341,24 @@ def plan_conversion(source_shapes, target_shapes, head_prefixes, target_prefix="
             plan.dropped[name] = "pooler tensors (the head has no pooler)"
         else:
             raise ConversionError(f"source tensor {name} is not part of BERT: refusing to drop it silently")
+    return complete_plan(plan, mismatched, target_shapes, target_prefix,
+                         lambda output, bare: bare.startswith("pooler.") or output.startswith(head_prefixes))
+
+
+def complete_plan(plan, mismatched, target_shapes, target_prefix, initialized_on_load):
+    """The last step of every family's plan: refuse shape mismatches, then sort the target tensors no source tensor
+    fills: the mix's (new), those the model initializes on loading (`initialized_on_load(output, bare name)`: a new
+    head, a pooler) and the rest, which are missing (refused)."""
     if mismatched:
         raise ConversionError(f"shape mismatch: {'; '.join(mismatched)}")
+    missing = []
     for output in target_shapes:
         if output in plan.sources:
             continue
         bare = output.removeprefix(target_prefix) if target_prefix else output
         if bare.startswith("layer_mix."):
             plan.new.append(output)
-        elif bare.startswith("pooler.") or output.startswith(head_prefixes):
+        elif initialized_on_load(output, bare):
             plan.initialized_on_load.append(output)
         else:
             missing.append(output)

@@ -74,7 +74,7 @@ class FamilyConversion:
         """Map the source's names onto the BERMo model's: the family's own names, so a source tensor goes to the same
         name (a bare base-model checkpoint's names under the head's prefix). Every source tensor is used or dropped
         with a reason, every target tensor is filled, new (the mix) or a head the source does not have."""
-        from .conversion import ConversionError, ConversionPlan
+        from .conversion import ConversionError, ConversionPlan, complete_plan
 
         prefix = self.model_class("sequence-classification").base_model_prefix
         is_base = task == "base"
@@ -104,22 +104,9 @@ class FamilyConversion:
                 plan.dropped[name] = "buffers and tensors the family ignores on loading"
             else:
                 raise ConversionError(f"source tensor {name} is not part of {self.model_type}: refusing to drop it silently")
-        if mismatched:
-            raise ConversionError(f"shape mismatch: {'; '.join(mismatched)}")
-        missing = []
-        for output in target_shapes:
-            if output in plan.sources:
-                continue
-            bare = output.removeprefix(f"{prefix}.")
-            if bare.startswith("layer_mix."):
-                plan.new.append(output)
-            elif bare == output and not is_base or bare.startswith("pooler."):  # the head, or a pooler
-                plan.initialized_on_load.append(output)
-            else:
-                missing.append(output)
-        if missing:
-            raise ConversionError(f"source weights missing: {', '.join(missing)}")
-        return plan
+        # the head (outside the base model), or a pooler, is initialized when the model loads
+        return complete_plan(plan, mismatched, target_shapes, f"{prefix}.",
+                             lambda output, bare: bare == output and not is_base or bare.startswith("pooler."))
 
     def comparable_hidden_states(self, model, hidden_states):
         """Our hidden states as the vanilla model returns them: ModernBERT's last one after its final norm."""
