@@ -121,3 +121,13 @@ def run_python(args, env=None, cwd=None, timeout=600):
     return subprocess.run(
         [sys.executable, *args], env=env or dict(os.environ), cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
+
+
+@pytest.fixture
+def one_cpu_thread():
+    """One intra-op thread for the test (tiny models: more threads only add overhead, and thrash on a busy 2-core
+    machine); the previous count restored after it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -21,12 +21,8 @@ from test_pruning_training import read_dev
 from test_trainer import FORWARD_COLUMNS, marker_dataset, training_args
 
 
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny models: intra-op threads only add overhead, and on a busy 2-core machine they thrash
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def tiny(kind="bermo", seed=0, **overrides):

@@ -24,13 +24,8 @@ SEQ_LEN = 12
 FORWARD_COLUMNS = {"input_ids", "attention_mask", "token_type_ids", "labels"}
 
 
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    """These models are tiny: intra-op threads only add overhead, and on a busy 2-core machine they thrash."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny models: intra-op threads only add overhead, and on a busy 2-core machine they thrash
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def marker_dataset(count, seed, vocab_size=99):
