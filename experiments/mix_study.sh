@@ -10,14 +10,7 @@ STOP_AT="${STOP_AT:-}"
 COMMON=(--max_train_steps 200 --learning_rate 1e-4 --per_device_train_batch_size 16 --max_length 128 --jobs 2)
 CONFIRM_SEEDS=(10 11 12)
 
-stage() {  # stage NAME COMMAND...: run unless past STOP_AT
-    if [ -n "$STOP_AT" ] && [ "$(date -u +%H%M)" \> "${STOP_AT/:/}" ]; then
-        echo "$(date -u +%FT%TZ) not started (past $STOP_AT): $1"; return 0
-    fi
-    echo "$(date -u +%FT%TZ) start: $1"; local start=$SECONDS
-    "${@:2}"
-    echo "$(date -u +%FT%TZ) done: $1 ($((SECONDS - start)) s)"
-}
+source "$(dirname "$0")/stage.sh"  # stage NAME COMMAND...: run unless past STOP_AT
 
 # 1. Screening: one factor at a time around last:0.8 / mix lr 1e-2 / no dropout, simplest first; SST-2 with a dev
 #    set carved from GLUE's training set; the rule reads the final evaluation only, so every 40 steps suffices.

@@ -10,14 +10,7 @@ STOP_AT="${STOP_AT:-}"
 COMMON=(--study structured --max_train_steps 250 --per_device_train_batch_size 16 --learning_rate 1e-4
         --jobs 2)
 
-stage() {  # stage NAME COMMAND...: run unless past STOP_AT
-    if [ -n "$STOP_AT" ] && [ "$(date -u +%H%M)" \> "${STOP_AT/:/}" ]; then
-        echo "$(date -u +%FT%TZ) not started (past $STOP_AT): $1"; return 0
-    fi
-    echo "$(date -u +%FT%TZ) start: $1"; local start=$SECONDS
-    "${@:2}"
-    echo "$(date -u +%FT%TZ) done: $1 ($((SECONDS - start)) s)"
-}
+source "$(dirname "$0")/stage.sh"  # stage NAME COMMAND...: run unless past STOP_AT
 
 # 1. SST-2 (GLUE's training set, GLUE's dev set), 3 seeds, kept fractions 0.5 / 0.25 / 0.1.
 stage structured-sst2 bermo-experiment pruning --task_name sst2 --glue_dir "$GLUE" --max_length 64 \
