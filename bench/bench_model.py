@@ -226,12 +226,8 @@ def _quiet_transformers():
     transformers.logging.disable_progress_bar()
 
 
-def measure(spec):
-    """Load the model, warm up, then time `spec.repeats` runs and record their activation peak."""
-    _quiet_transformers()
-    on_cuda = spec.device.startswith("cuda")
-    probe = CudaPeakProbe() if on_cuda else RssPeakProbe()
-    synchronize = torch.cuda.synchronize if on_cuda else (lambda: None)
+def _load_step(spec):
+    """(the model's timed step for `spec.mode`, synchronize)."""
     # (a family without SDPA attention, DeBERTa-v2, runs its own attention for both models)
     attention = spec.attn_implementation if getattr(spec.model_class, "_supports_sdpa", False) else "eager"
     model = spec.model_class.from_pretrained(
@@ -239,6 +235,37 @@ def measure(spec):
     ).to(spec.device)
     inputs, labels = _make_inputs(spec, model.config)
     step = _inference_step(model, inputs) if spec.mode == "inference" else _train_step(model, inputs, labels)
+    synchronize = torch.cuda.synchronize if spec.device.startswith("cuda") else (lambda: None)
+    return step, synchronize
+
+
+def measure_interleaved(specs):
+    """{label: median seconds} of the specs' steps, all models in this one process and their steps alternated in
+    every repeat (after each one's warm-up), so that a drift of the machine's speed affects them alike."""
+    _quiet_transformers()
+    steps = {label: _load_step(spec) for label, spec in specs.items()}
+    repeats = max(spec.repeats for spec in specs.values())
+    for label, (step, synchronize) in steps.items():
+        for _ in range(specs[label].warmup):
+            step()
+        synchronize()
+    times = {label: [] for label in specs}
+    for _ in range(repeats):
+        for label, (step, synchronize) in steps.items():
+            synchronize()
+            start = time.perf_counter()
+            step()
+            synchronize()
+            times[label].append(time.perf_counter() - start)
+    return {label: {"median_s": statistics.median(values), "times_s": values} for label, values in times.items()}
+
+
+def measure(spec):
+    """Load the model, warm up, then time `spec.repeats` runs and record their activation peak."""
+    _quiet_transformers()
+    on_cuda = spec.device.startswith("cuda")
+    probe = CudaPeakProbe() if on_cuda else RssPeakProbe()
+    step, synchronize = _load_step(spec)
     for _ in range(spec.warmup):
         step()
     synchronize()
@@ -274,6 +301,10 @@ def parse_args(argv=None):
                         help="the encoder family to compare with its BERMo (default bert)")
     parser.add_argument("--family-size", default="small", choices=sorted(FAMILY_SIZES),
                         help="with --family other than bert: the common model size (default small)")
+    parser.add_argument("--timing", default="interleaved", choices=["interleaved", "separate"],
+                        help="where the times come from: both models in one process, their steps alternated "
+                        "(default; robust to a machine whose speed drifts), or each model's own process (the one "
+                        "that also measures its activation peak)")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args(argv)
     on_cuda = args.device == "cuda"
@@ -307,13 +338,18 @@ def run_head(head, args, executor, directory):
     results = {"bert": {}, "bermo": {}}
     # BERT and BERMo alternate, so that a drift of the machine's speed affects both alike.
     for mode, (batch, seq) in shapes.items():
+        specs = {}
         for label, model_class in (("bert", head.bert_class), ("bermo", head.bermo_class)):
-            spec = Measurement(
+            specs[label] = spec = Measurement(
                 model_class, checkpoint, mode, batch, seq, head.per_token_labels, args.device, args.dtype,
                 args.attn_implementation, args.warmup, args.repeats,
             )
             print(f"  {model_class.__name__}: {mode} {batch}x{seq} ...", file=sys.stderr, flush=True)
             results[label][mode] = executor.submit(measure, spec).result()
+        if args.timing == "interleaved":  # the times: both models in one process, their steps alternated
+            print(f"  both: {mode} {batch}x{seq}, interleaved ...", file=sys.stderr, flush=True)
+            for label, timed in executor.submit(measure_interleaved, specs).result().items():
+                results[label][mode].update(timed, separate_median_s=results[label][mode]["median_s"])
     return results
 
 
@@ -367,6 +403,7 @@ def environment(args):
                  ("tiny (" + ", ".join(f"{k}={v}" for k, v in TINY_CONFIG.items()) + ")") if args.tiny else "bert-base",
         "warmup": args.warmup,
         "repeats": args.repeats,
+        "timing": args.timing,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "bermo": bermo.__version__,
