@@ -131,3 +131,12 @@ def one_cpu_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def experiment_error(main, argv, capsys):
+    """Run `bermo-experiment` with bad input: it exits 2 with one line on stderr, which is returned."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert error and "\n" not in error, error
+    return error

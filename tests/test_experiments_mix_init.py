@@ -8,6 +8,7 @@ import pytest
 from bermo.experiments import mix_init
 from bermo.experiments.cli import main
 
+from conftest import experiment_error
 from test_experiments_runs import sst2_files  # noqa: F401  (fixture)
 
 
@@ -82,9 +83,8 @@ def test_the_default_grid_is_the_screening_design():
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_bert, sst2_files, tmp_path, capsys, extra, message):
     out = tmp_path / "out"
-    assert main(mix_argv(tiny_bert, sst2_files, out, *extra)) == 2
-    error = capsys.readouterr().err.strip()
-    assert "\n" not in error and message in error and error.startswith("bermo-experiment mix-init: error:")
+    error = experiment_error(main, mix_argv(tiny_bert, sst2_files, out, *extra), capsys)
+    assert message in error and error.startswith("bermo-experiment mix-init: error:")
     assert not out.exists()
 
 

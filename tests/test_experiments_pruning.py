@@ -13,7 +13,7 @@ from bermo.experiments import pruning
 from bermo.experiments.cli import main
 from bermo.experiments.runner import ExperimentError
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, experiment_error
 
 SAMPLE = REPO_ROOT / "data" / "sst2_sample"
 NAN_ERROR = "loss became non-finite (nan or inf) at step 3; stopped. Last good checkpoint: none saved"
@@ -244,9 +244,8 @@ def test_diverged_runs_are_counted_as_collapses(tiny_bert, sst2_files, tmp_path)
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_bert, sst2_files, tmp_path, capsys, extra, message):
     out = tmp_path / "out"
-    assert main(stability_argv(tiny_bert, sst2_files, out, *extra)) == 2
-    error = capsys.readouterr().err.strip()
-    assert "\n" not in error and message in error and error.startswith("bermo-experiment pruning: error:")
+    error = experiment_error(main, stability_argv(tiny_bert, sst2_files, out, *extra), capsys)
+    assert message in error and error.startswith("bermo-experiment pruning: error:")
     assert not out.exists()
 
 
@@ -415,7 +414,6 @@ def test_structured_comparison_pairs_seeds_where_both_models_finished():
 ])
 def test_structured_bad_input_is_one_line_exit_2(tiny_bert, sst2_files, tmp_path, capsys, extra, message):
     out = tmp_path / "out"
-    assert main(structured_argv(tiny_bert, sst2_files, out, *extra)) == 2
-    error = capsys.readouterr().err.strip()
-    assert "\n" not in error and message in error
+    error = experiment_error(main, structured_argv(tiny_bert, sst2_files, out, *extra), capsys)
+    assert message in error and error.startswith("bermo-experiment pruning: error:")
     assert not out.exists()

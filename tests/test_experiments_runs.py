@@ -9,7 +9,7 @@ import torch
 from bermo.experiments import runner
 from bermo.experiments.cli import main
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, experiment_error
 
 SAMPLE = REPO_ROOT / "data" / "sst2_sample"
 
@@ -134,9 +134,7 @@ def test_convergence_records_failed_runs_with_their_reason(tiny_bert, sst2_files
 def test_convergence_bad_input_is_one_line_and_writes_nothing(tiny_bert, sst2_files, tmp_path, capsys, extra,
                                                                message):
     out = tmp_path / "out"
-    assert main(convergence_argv(tiny_bert, sst2_files, out, *extra)) == 2
-    error = capsys.readouterr().err.strip()
-    assert "\n" not in error and message in error
+    assert message in experiment_error(main, convergence_argv(tiny_bert, sst2_files, out, *extra), capsys)
     assert not out.exists()
 
 
