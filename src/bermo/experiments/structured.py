@@ -13,8 +13,9 @@ missing fails and is recorded as failed (rerun it with --retry_failed).
 Per run: the final dev accuracy, the collapse rule of the stability study, the exported model's encoder fraction and
 parameters (final_metrics.json's exported_* figures), and a CPU inference speed-up: the exported model against its
 dense run, on the CPU after all runs ended (run the report on an otherwise idle machine: `--report_only` times
-what is not timed yet; timings already in a run's speed.json are kept), timed interleaved in one process (bermo.pruning.timing: --speed_batch x --max_length tokens, median of
---speed_repeats forwards after one warm-up), written once to the run's speed.json.
+what is not timed yet; timings already in a run's speed.json are kept), timed interleaved in one process
+(bermo.pruning.timing: --speed_batch x --max_length tokens, median of --speed_repeats forwards after one warm-up),
+written once to the run's speed.json.
 
 Outputs: per model a table of accuracy / kept fraction / parameters / speed-up, the collapse rates per model at
 each kept fraction (Clopper-Pearson, Fisher BERT vs BERMo), accuracy_vs_speedup.png (one line per model, with and
@@ -245,7 +246,7 @@ def compare_models(correct, name, seeds, confidence=0.95, n_resamples=2000):
     out = {"seeds": paired, "bert": float(bert.mean()), "bermo": float(bermo.mean()),
            "ratio": float(bermo.mean() / bert.mean()) if bert.mean() > 0 else None,
            "difference": float((bermo - bert).mean()), "ci": None}
-    if len(paired) >= 2:
+    if len(paired) >= 2:  # (its "difference" is the same mean of BERMo - BERT)
         out["ci"] = stats.paired_difference(bert, bermo, n_resamples, confidence, seed=0)["ci"]
     return out
 
